@@ -1,0 +1,11 @@
+"""Research methods packaged as Workloads, one sub-package each.
+
+Importing this package imports every module below it, so each one's
+@REGISTRY.register(...) runs and the platform can find it by name.
+"""
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.walk_packages(__path__, prefix=__name__ + "."):
+    importlib.import_module(_module.name)

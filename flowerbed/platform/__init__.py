@@ -1,0 +1,1 @@
+"""The harness: run config, data, models, workloads, Flower apps, recorder, CLI."""

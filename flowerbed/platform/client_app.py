@@ -1,0 +1,138 @@
+"""The Flower ClientApp: benign clients and attackers share one training path.
+
+Every message from the server carries the resolved run config (as JSON), so a
+client needs nothing from ``context.run_config`` and the in-process simulation
+and ``flwr run`` behave identically. A node's partition id decides its role:
+benign, or attacker *k* of the attack plan (a benign client plus an Attack).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from flowerbed.platform.config import RunConfig, parse_run_config
+from flowerbed.platform.registry import WORKLOADS
+from flowerbed.platform.roles import AttackPlan, build_attack_plan
+from flowerbed.platform.seeding import generator, seed_torch
+from flowerbed.platform.workload import TrainContext, Workload
+
+CONFIG_KEY = "flowerbed-config"
+MEMORY_KEY = "attack-memory"
+
+app = ClientApp()
+
+
+@dataclass
+class ClientRuntime:
+    """What one process builds once per run config and reuses across rounds and nodes."""
+
+    config: RunConfig
+    workload: Workload
+    plan: AttackPlan
+
+
+@lru_cache(maxsize=2)
+def runtime_for(config_json: str) -> ClientRuntime:
+    torch.set_num_threads(1)  # one core per simulated client
+    config = parse_run_config(json.loads(config_json))
+    workload_cls = WORKLOADS.get(config.workload.name)
+    workload = workload_cls(config, config.plugin_params("workload", config.workload.name))
+    return ClientRuntime(config, workload, build_attack_plan(config))
+
+
+@lru_cache(maxsize=64)
+def _client_dataset(config_json: str, partition_id: int, num_partitions: int) -> Any:
+    return runtime_for(config_json).workload.client_dataset(partition_id, num_partitions)
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (it maps node ids to partition ids)."""
+    partition_id, num_partitions = _partition(context)
+    metrics = MetricRecord({"partition-id": partition_id, "num-partitions": num_partitions})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on the local partition (poisoned if this client attacks)."""
+    config_json = str(msg.content["config"][CONFIG_KEY])
+    runtime = runtime_for(config_json)
+    config = runtime.config
+    partition_id, num_partitions = _partition(context)
+    server_round = int(msg.content["config"]["server-round"])
+    dataset = _client_dataset(config_json, partition_id, num_partitions)
+
+    seed_torch(config.seed, "client-torch", server_round, partition_id)
+    model = runtime.workload.build_model()
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    model.load_state_dict(global_state)
+    context_ = TrainContext(
+        server_round=server_round,
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        local_epochs=config.local_epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        generator=generator(config.seed, "client", server_round, partition_id),
+    )
+
+    attacker = runtime.plan.attacker_for(partition_id)
+    active = attacker is not None and attacker.schedule.is_active(server_round)
+    memory: dict[str, torch.Tensor] = {}
+    if active:
+        attack = attacker.attack
+        memory = _load_memory(context)
+        overrides = attack.train_overrides()
+        context_.local_epochs = int(overrides.get("local-epochs") or context_.local_epochs)
+        context_.lr = float(overrides.get("lr") or context_.lr)
+        poison_generator = generator(config.seed, "poison", server_round, partition_id)
+        context_.poison_batch = lambda x, y: attack.poison(x, y, poison_generator)
+        context_.after_backward = attack.after_backward
+        attack.on_train_start(model, global_state, memory)
+
+    metrics = runtime.workload.train(model, dataset, context_)
+    local_state = model.state_dict()
+    if active:
+        local_state = _craft(attacker.attack, global_state, local_state, memory)
+        context.state[MEMORY_KEY] = ArrayRecord({k: v.detach().clone() for k, v in memory.items()})
+
+    reply_metrics = {key: float(value) for key, value in metrics.items() if key != "num-examples"}
+    reply_metrics.update(
+        {"num-examples": int(metrics["num-examples"]), "partition-id": partition_id, "attacked": int(active)}
+    )
+    content = RecordDict({"arrays": ArrayRecord(local_state), "metrics": MetricRecord(reply_metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+def _load_memory(context: Context) -> dict[str, torch.Tensor]:
+    if MEMORY_KEY in context.state:
+        return dict(context.state[MEMORY_KEY].to_torch_state_dict())
+    return {}
+
+
+def _craft(attack, global_state, local_state, memory) -> dict[str, torch.Tensor]:
+    """Let the attack shape its update (local - global) and rebuild the state it sends."""
+    floating = [k for k, v in local_state.items() if torch.is_floating_point(v)]
+    update = {k: local_state[k] - global_state[k] for k in floating}
+    crafted = attack.craft(update, memory)
+    result = dict(local_state)
+    for key in floating:
+        result[key] = global_state[key] + crafted[key]
+    return result
+
+
+def config_record(config: RunConfig) -> ConfigRecord:
+    """The ConfigRecord every server message carries: the resolved config as JSON."""
+    return ConfigRecord({CONFIG_KEY: json.dumps(config.to_flat(), sort_keys=True)})

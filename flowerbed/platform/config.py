@@ -1,0 +1,363 @@
+"""The run config: one pydantic model over Flower's flat run-config keys.
+
+Flower hands an app a flat mapping with dotted keys (``data.name``,
+``partition.alpha``, ``strategy.krum.num-malicious``). :func:`parse_run_config`
+turns it into a validated, typed :class:`RunConfig`; :meth:`RunConfig.to_flat`
+goes back. Every key has a default here, and ``pyproject.toml``'s
+``[tool.flwr.app.config]`` mirrors :func:`default_flat_config` (a test keeps the
+two in sync: ``flowerbed config --pyproject`` prints the block).
+
+Plugins (strategies, attacks, triggers, workloads) declare their own
+hyper-parameters as a pydantic ``Params`` model; their keys are
+``<kind>.<plugin-name>.<param>`` and are validated against that model.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
+
+from flowerbed.platform.registry import (
+    ATTACKS,
+    DATASETS,
+    MODELS,
+    PARTITIONERS,
+    STRATEGIES,
+    TRIGGERS,
+    WORKLOADS,
+    Registry,
+    RegistryError,
+)
+
+
+class ConfigError(ValueError):
+    """An invalid run config. ``str()`` lists every problem, each naming its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid run config:\n  - " + "\n  - ".join(problems))
+
+
+def _split_list(value: Any) -> Any:
+    """Accept ``"0,1,2"``, ``0``, ``[0, 1]``; return a tuple of stripped items."""
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return (value,)
+
+
+def _join_list(value: tuple) -> str:
+    return ",".join(str(item) for item in value)
+
+
+# A per-attacker list written as a comma-separated string in the flat config.
+CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_list), PlainSerializer(_join_list)]
+IntList = Annotated[tuple[int, ...], BeforeValidator(_split_list), PlainSerializer(_join_list)]
+FloatList = Annotated[tuple[float, ...], BeforeValidator(_split_list), PlainSerializer(_join_list)]
+
+
+class Section(BaseModel):
+    """A strict config section: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class DataConfig(Section):
+    name: str = Field("digits-rgb32", description="dataset name (see `flowerbed list`)")
+    root: str = Field("", description="folder holding a real dataset's files (torchvision layout)")
+    train_size: int = Field(20000, alias="train-size", ge=100, description="digits-rgb32: training images")
+    test_size: int = Field(2000, alias="test-size", ge=20, description="digits-rgb32: test images")
+    seed: int = Field(0, description="seed of the dataset build (independent of the run seed)")
+    cache_dir: str = Field("", alias="cache-dir", description="where built datasets are cached")
+
+
+class PartitionConfig(Section):
+    name: str = Field("dirichlet", description="iid | dirichlet | pathological (flwr-datasets partitioners)")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration")
+    classes_per_client: int = Field(2, alias="classes-per-client", ge=1, description="pathological")
+    min_size: int = Field(10, alias="min-size", ge=0, description="Dirichlet: resample until every client has this many")
+
+
+class ModelConfig(Section):
+    name: str = Field("cnn", description="model name (see `flowerbed list`)")
+
+
+class PluginSection(BaseModel):
+    """A section plus per-plugin parameter tables (``<kind>.<plugin>.<param>``).
+
+    Declared fields are strict; any other key must be a table named after a
+    registered plugin (checked in :func:`parse_run_config`).
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    def options(self) -> dict[str, dict[str, Any]]:
+        return dict(self.__pydantic_extra__ or {})
+
+
+class AttackConfig(PluginSection):
+    """Who attacks, with what, when. Per-attacker keys take one value for all or one per attacker."""
+
+    name: CommaList = Field(("none",), description="attack per attacker: registered name or 'module:Class'")
+    num_attackers: int = Field(0, alias="num-attackers", ge=0)
+    attacker_ids: IntList = Field((), alias="attacker-ids", description="partition ids of the attackers; empty = seeded choice")
+    targets: IntList = Field((0,), description="target class per attacker")
+    trigger: CommaList = Field((), description="trigger per attacker; empty = each attack's default")
+    poison_fraction: FloatList = Field((0.5,), alias="poison-fraction", description="share of each batch poisoned")
+    start_round: IntList = Field((1,), alias="start-round", description="first attack round per attacker")
+    end_round: IntList = Field((0,), alias="end-round", description="last attack round per attacker; 0 = last round")
+    every: IntList = Field((1,), description="attack every k-th round inside the window")
+    participation: Literal["sampled", "forced"] = Field(
+        "forced", description="sampled: attackers sampled like everyone; forced: active attackers join every attack round"
+    )
+
+
+class StrategyConfig(PluginSection):
+    name: str = Field("fedavg", description="aggregation rule / defence (see `flowerbed list`)")
+
+
+class WorkloadConfig(PluginSection):
+    name: str = Field("image-classification", description="what clients train (see `flowerbed list`)")
+
+
+class RunConfig(Section):
+    """The whole validated run configuration."""
+
+    experiment: str = Field("default", description="run folder prefix")
+    output_dir: str = Field("runs", alias="output-dir", description="parent folder of run folders")
+    resume: str = Field("", description="run folder to resume from its last checkpoint")
+    seed: int = Field(0, description="derives every client's and the server's generators")
+    num_server_rounds: int = Field(20, alias="num-server-rounds", ge=1)
+    num_clients: int = Field(10, alias="num-clients", ge=1, description="simulated clients (supernodes)")
+    fraction_train: float = Field(0.5, alias="fraction-train", gt=0, le=1)
+    min_clients: int = Field(2, alias="min-clients", ge=1, description="at least this many clients per round")
+    local_epochs: int = Field(1, alias="local-epochs", ge=1)
+    lr: float = Field(0.02, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, alias="weight-decay", ge=0)
+    batch_size: int = Field(32, alias="batch-size", ge=1)
+    checkpoint_every: int = Field(1, alias="checkpoint-every", ge=1)
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    model: ModelConfig = ModelConfig()
+    workload: WorkloadConfig = WorkloadConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    attack: AttackConfig = AttackConfig()
+    trigger: PluginSection = PluginSection()
+
+    # ----------------------------------------------------------------- helpers
+    def clients_per_round(self) -> int:
+        """How many clients train each round (Flower's rule: fraction, at least the minimum)."""
+        return min(self.num_clients, max(self.min_clients, int(self.num_clients * self.fraction_train)))
+
+    def plugin_params(self, kind: str, name: str) -> BaseModel:
+        """The validated ``Params`` of plugin ``name`` of ``kind`` (strategy/attack/trigger/workload)."""
+        registry = _PLUGIN_KINDS[kind]
+        cls = registry.get(name)
+        section = getattr(self, kind)
+        raw = section.options().get(name, {}) if isinstance(section, PluginSection) else {}
+        return validate_params(_params_model(cls), raw)
+
+    def to_flat(self) -> dict[str, Any]:
+        """Flat dotted keys, the form Flower's run config uses (lists as comma strings)."""
+        return flatten(self.model_dump(by_alias=True))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+_PLUGIN_KINDS: dict[str, Registry] = {
+    "strategy": STRATEGIES,
+    "attack": ATTACKS,
+    "trigger": TRIGGERS,
+    "workload": WORKLOADS,
+}
+
+
+def _params_model(cls: Any) -> type[BaseModel]:
+    params = getattr(cls, "Params", None)
+    if params is None:
+        class NoParams(Section):
+            pass
+
+        return NoParams
+    return params
+
+
+def validate_params(model: type[BaseModel], raw: dict[str, Any]) -> BaseModel:
+    """Validate a plugin's parameters. Flower's config has no null, so ``""`` stands for
+    "unset" where the parameter's default is None."""
+    cleaned = dict(raw)
+    for field_name, info in model.model_fields.items():
+        key = info.alias or field_name
+        if info.default is None and cleaned.get(key) == "":
+            del cleaned[key]
+    return model.model_validate(cleaned)
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError([f"key '{key}': '{'.'.join(parts[:-1])}' is a value, not a section"])
+            node = child
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError([f"key '{key}': it is a section, give one of its keys instead"])
+        node[parts[-1]] = value
+    return nested
+
+
+def _describe_error(error: dict[str, Any], prefix: str = "") -> str:
+    key = prefix + ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    message = error["msg"]
+    if error["type"] == "literal_error":
+        return f"key '{key}': {message} (got {error.get('input')!r})"
+    return f"key '{key}': {message} (got {error.get('input')!r})"
+
+
+def parse_run_config(flat: dict[str, Any]) -> RunConfig:
+    """Validate Flower's flat run config (missing keys take their defaults)."""
+    nested = unflatten(dict(flat))
+    try:
+        config = RunConfig.model_validate(nested)
+    except ValidationError as error:
+        raise ConfigError([_describe_error(e) for e in error.errors()]) from None
+    problems = _check_names(config)
+    problems += _check_plugin_tables(config)
+    problems += _check_consistency(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _check_names(config: RunConfig) -> list[str]:
+    problems = []
+    for key, registry, name in (
+        ("data.name", DATASETS, config.data.name),
+        ("model.name", MODELS, config.model.name),
+        ("partition.name", PARTITIONERS, config.partition.name),
+        ("strategy.name", STRATEGIES, config.strategy.name),
+        ("workload.name", WORKLOADS, config.workload.name),
+    ):
+        try:
+            registry.get(name)
+        except RegistryError as error:
+            problems.append(f"key '{key}': {error}")
+    if config.attack.num_attackers:
+        for name in set(config.attack.name):
+            try:
+                ATTACKS.get(name)
+            except RegistryError as error:
+                problems.append(f"key 'attack.name': {error}")
+        for name in set(config.attack.trigger):
+            try:
+                TRIGGERS.get(name)
+            except RegistryError as error:
+                problems.append(f"key 'attack.trigger': {error}")
+    return problems
+
+
+def _check_plugin_tables(config: RunConfig) -> list[str]:
+    problems = []
+    for kind, registry in _PLUGIN_KINDS.items():
+        options = getattr(config, kind).options()
+        for plugin, params in options.items():
+            if not isinstance(params, dict):
+                problems.append(f"unknown key '{kind}.{plugin}'")
+                continue
+            if plugin not in registry:
+                problems.append(
+                    f"unknown key prefix '{kind}.{plugin}': no {registry.kind} named '{plugin}'"
+                    f" (registered: {', '.join(registry.names())})"
+                )
+                continue
+            try:
+                validate_params(_params_model(registry.get(plugin)), params)
+            except ValidationError as error:
+                problems += [_describe_error(e, f"{kind}.{plugin}.") for e in error.errors()]
+    return problems
+
+
+def _check_consistency(config: RunConfig) -> list[str]:
+    problems = []
+    if config.min_clients > config.num_clients:
+        problems.append(f"key 'min-clients': {config.min_clients} is more than num-clients={config.num_clients}")
+    attack = config.attack
+    count = attack.num_attackers
+    if count == 0:
+        return problems
+    if count > config.num_clients:
+        problems.append(f"key 'attack.num-attackers': {count} attackers but only num-clients={config.num_clients}")
+    if attack.name == ("none",):
+        problems.append("key 'attack.name': num-attackers > 0 needs an attack name (see `flowerbed list`)")
+    for key in ("name", "targets", "trigger", "poison_fraction", "start_round", "end_round", "every"):
+        values = getattr(attack, key)
+        if len(values) not in (0, 1, count) or (key != "trigger" and len(values) == 0):
+            alias = AttackConfig.model_fields[key].alias or key
+            problems.append(
+                f"key 'attack.{alias}': give one value or one per attacker ({count}), got {len(values)}"
+            )
+    if attack.attacker_ids:
+        ids = attack.attacker_ids
+        if len(ids) != count:
+            problems.append(f"key 'attack.attacker-ids': {len(ids)} ids for num-attackers={count}")
+        if len(set(ids)) != len(ids):
+            problems.append("key 'attack.attacker-ids': ids repeat")
+        if any(i < 0 or i >= config.num_clients for i in ids):
+            problems.append(f"key 'attack.attacker-ids': ids must be in 0..{config.num_clients - 1}")
+    dataset = DATASETS.get(config.data.name)
+    num_classes = getattr(dataset, "num_classes", None)
+    if num_classes is not None and any(t < 0 or t >= num_classes for t in attack.targets):
+        problems.append(f"key 'attack.targets': {attack.targets} outside the label set 0..{num_classes - 1}")
+    for fraction in attack.poison_fraction:
+        if not 0 < fraction <= 1:
+            problems.append(f"key 'attack.poison-fraction': {fraction} is not in (0, 1]")
+    rounds = config.num_server_rounds
+    for start, end in zip(per_attacker(attack.start_round, count), per_attacker(attack.end_round, count)):
+        end = end or rounds
+        if not 1 <= start <= end:
+            problems.append(f"keys 'attack.start-round'/'attack.end-round': window [{start}, {end}] is empty")
+        elif start > rounds:
+            problems.append(f"key 'attack.start-round': {start} is after the last round ({rounds})")
+    if any(k < 1 for k in attack.every):
+        problems.append("key 'attack.every': must be >= 1")
+    return problems
+
+
+def per_attacker(values: tuple, count: int, default: Any = None) -> list:
+    """Broadcast a per-attacker list: one value for all, or one each."""
+    if len(values) == 0:
+        return [default] * count
+    if len(values) == 1:
+        return list(values) * count
+    return list(values)
+
+
+def default_flat_config() -> dict[str, Any]:
+    """Every key with its default, including every registered plugin's parameters."""
+    flat = RunConfig().to_flat()
+    for kind, registry in _PLUGIN_KINDS.items():
+        for name in registry.names():
+            params = _params_model(registry.get(name))()
+            for key, value in params.model_dump(by_alias=True, mode="json").items():
+                flat[f"{kind}.{name}.{key}"] = "" if value is None else value
+    return flat

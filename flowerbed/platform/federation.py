@@ -1,0 +1,186 @@
+"""The server's round loop, driving a Flower strategy over a Grid.
+
+Flower's ``Strategy.start`` runs rounds by itself; flowerbed drives the same
+strategy methods (``configure_train`` / ``aggregate_train``) one round at a
+time because a security testbed needs more per round: seeded client sampling
+over partition ids (so runs reproduce), attackers forced into attack rounds,
+malformed updates dropped before the defence sees them, the defence's flagged
+ids scored against the ground truth, every round recorded and checkpointed,
+and resuming from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+
+from flowerbed.platform.client_app import config_record
+from flowerbed.platform.config import ConfigError, RunConfig
+from flowerbed.platform.progress import Progress
+from flowerbed.platform.recorder import Recorder
+from flowerbed.platform.roles import AttackPlan
+from flowerbed.platform.sanitize import drop_malformed
+from flowerbed.platform.seeding import derive_seed, seed_torch
+from flowerbed.platform.summary import build_summary, detection_scores
+from flowerbed.platform.workload import Workload
+
+DISCOVERY_TIMEOUT = 600.0
+ROUND_TIMEOUT = 3600.0
+
+
+class SampledGrid:
+    """A view of a Grid that offers only the nodes sampled for this round.
+
+    Flower's ``configure_train`` samples from ``grid.get_node_ids()``; with this
+    view (and ``fraction_train=1``) it addresses exactly flowerbed's sample.
+    """
+
+    def __init__(self, grid, node_ids: list[int]) -> None:
+        self._grid = grid
+        self._node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+@dataclass
+class RoundSampler:
+    """Seeded choice of the partition ids that train in a round."""
+
+    config: RunConfig
+    plan: AttackPlan
+
+    def sample(self, server_round: int) -> list[int]:
+        config = self.config
+        size = config.clients_per_round()
+        rng = np.random.default_rng(derive_seed(config.seed, "sample", server_round))
+        chosen = rng.choice(config.num_clients, size=size, replace=False).tolist()
+        if self.plan.participation == "forced":
+            forced = self.plan.active_ids(server_round)
+            others = [pid for pid in chosen if pid not in forced]
+            chosen = forced + others[: max(size - len(forced), 0)]
+        return sorted(chosen)
+
+
+def discover_partitions(grid, config: RunConfig) -> dict[int, int]:
+    """Ask every node which partition it holds: partition id -> node id."""
+    node_ids = sorted(grid.get_node_ids())
+    record = RecordDict({"config": config_record(config)})
+    messages = [Message(content=record, message_type=MessageType.QUERY, dst_node_id=nid) for nid in node_ids]
+    replies = list(grid.send_and_receive(messages, timeout=DISCOVERY_TIMEOUT))
+    mapping: dict[int, int] = {}
+    for reply in replies:
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id} failed to identify itself: {reply.error.reason}")
+        metrics = reply.content["metrics"]
+        mapping[int(metrics["partition-id"])] = reply.metadata.src_node_id
+    if len(mapping) != config.num_clients:
+        raise ConfigError(
+            [
+                f"key 'num-clients': the config says {config.num_clients} clients but the federation runs "
+                f"{len(mapping)} nodes; with `flwr run` pass --federation-config 'num-supernodes={config.num_clients}'"
+            ]
+        )
+    return mapping
+
+
+def run_rounds(
+    grid,
+    config: RunConfig,
+    workload: Workload,
+    strategy,
+    plan: AttackPlan,
+    recorder: Recorder,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Train for ``num-server-rounds`` rounds (from the last checkpoint if resuming); return the summary."""
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # flowerbed prints its own progress
+    node_of = discover_partitions(grid, config)
+    partition_of = {node: pid for pid, node in node_of.items()}
+
+    seed_torch(config.seed, "initial-model")  # the initial global model depends on the seed only
+    model = workload.build_model()
+    start_round = 1
+    checkpoint = recorder.load_checkpoint()
+    if checkpoint is not None:
+        done, state = checkpoint
+        model.load_state_dict(state)
+        start_round = done + 1
+        progress.note(f"resuming after round {done}")
+    arrays = ArrayRecord(model.state_dict())
+    sampler = RoundSampler(config, plan)
+    train_config = config_record(config)
+
+    for server_round in range(start_round, config.num_server_rounds + 1):
+        began = time.perf_counter()
+        clients = sampler.sample(server_round)
+        view = SampledGrid(grid, [node_of[pid] for pid in clients])
+        messages = strategy.configure_train(server_round, arrays, train_config, view)
+        replies = list(grid.send_and_receive(messages, timeout=ROUND_TIMEOUT))
+        replies, failures = _split_failures(replies, partition_of)
+        answered = {partition_of.get(reply.metadata.src_node_id) for reply in replies} | {
+            failure["partition_id"] for failure in failures
+        }
+        failures += [{"partition_id": pid, "reason": "no reply before the round timeout"} for pid in clients if pid not in answered]
+        replies, dropped = drop_malformed(replies, arrays)
+        failures += dropped
+        replies.sort(key=lambda reply: int(reply.content["metrics"]["partition-id"]))
+
+        new_arrays, train_metrics = (None, None)
+        if replies:
+            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        model.load_state_dict(arrays.to_torch_state_dict())
+        evaluation = workload.evaluate(model)
+
+        attackers_present = [int(r.content["metrics"]["partition-id"]) for r in replies if int(r.content["metrics"].get("attacked", 0))]
+        record: dict[str, Any] = {"round": server_round, **evaluation}
+        if train_metrics is not None and "train_loss" in train_metrics:
+            record["train_loss"] = float(train_metrics["train_loss"])
+        record["clients"] = clients
+        if plan.attackers:
+            record["attackers"] = attackers_present
+        flagged = getattr(strategy, "last_flagged", None)
+        if flagged is not None:
+            record["flagged"] = sorted(int(pid) for pid in flagged)
+            record["detection"] = detection_scores(record["flagged"], attackers_present, clients)
+        weights = getattr(strategy, "last_weights", None)
+        if weights:
+            record["weights"] = {str(pid): float(w) for pid, w in sorted(weights.items())}
+        record["failures"] = failures
+        record["seconds"] = time.perf_counter() - began
+        recorder.log_round(record)
+        if server_round % config.checkpoint_every == 0 or server_round == config.num_server_rounds:
+            recorder.save_checkpoint(server_round, _detached(model))
+        progress.round(record, config.num_server_rounds)
+
+    summary = build_summary(recorder.rounds, workload.headline_metric(), plan)
+    recorder.finish(_detached(model), summary)
+    return summary
+
+
+def _detached(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def _split_failures(replies: Iterable[Message], partition_of: dict[int, int]) -> tuple[list[Message], list[dict]]:
+    ok, failures = [], []
+    for reply in replies:
+        if reply.has_error():
+            failures.append(
+                {"partition_id": partition_of.get(reply.metadata.src_node_id, -1), "reason": str(reply.error.reason)[:500]}
+            )
+        else:
+            ok.append(reply)
+    return ok, failures

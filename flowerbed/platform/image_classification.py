@@ -1,0 +1,109 @@
+"""The image-classification workload: the backdoor setting.
+
+Clients train a classifier with SGD on their partition; the server measures
+clean accuracy/loss on the held-out test set and, for every backdoor in the
+run, its attack success rate (ASR): the share of test images whose true label
+is not the backdoor's target that the trigger flips to the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowerbed.platform.data import load_dataset
+from flowerbed.platform.data.base import to_float
+from flowerbed.platform.data.partition import partition_indices
+from flowerbed.platform.registry import MODELS, WORKLOADS
+from flowerbed.platform.workload import TrainContext, Workload
+
+EVAL_BATCH = 500
+
+
+@dataclass(frozen=True)
+class ClientImages:
+    """One client's local training data (uint8 images, int64 labels)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@WORKLOADS.register("image-classification")
+class ImageClassification(Workload):
+    """Supervised image classification on a registered dataset with a registered model."""
+
+    name = "image-classification"
+
+    def __init__(self, config, params=None) -> None:
+        super().__init__(config, params)
+        self.dataset = load_dataset(config.data)
+        # Set by the platform from the attack plan: objects with .name, .trigger.apply(), .target.
+        self.backdoors: list[Any] = []
+
+    def build_model(self) -> nn.Module:
+        return MODELS.get(self.config.model.name)(self.dataset.image_shape, self.dataset.num_classes)
+
+    def client_dataset(self, partition_id: int, num_partitions: int) -> ClientImages:
+        parts = partition_indices(self.dataset.train_labels, num_partitions, self.config.partition, self.config.seed)
+        indices = torch.from_numpy(parts[partition_id])
+        return ClientImages(self.dataset.train_images[indices], self.dataset.train_labels[indices])
+
+    def train(self, model: nn.Module, dataset: ClientImages, context: TrainContext) -> dict[str, float]:
+        model.train()
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=context.lr,
+            momentum=self.config.momentum,
+            weight_decay=self.config.weight_decay,
+        )
+        total_loss, steps = 0.0, 0
+        for _ in range(context.local_epochs):
+            order = torch.randperm(len(dataset), generator=context.generator)
+            for start in range(0, len(order), context.batch_size):
+                batch = order[start : start + context.batch_size]
+                images, labels = to_float(dataset.images[batch]), dataset.labels[batch]
+                if context.poison_batch is not None:
+                    images, labels = context.poison_batch(images, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(images), labels)
+                loss.backward()
+                if context.after_backward is not None:
+                    context.after_backward(model)
+                optimizer.step()
+                total_loss += loss.item()
+                steps += 1
+        return {"train_loss": total_loss / max(steps, 1), "num-examples": len(dataset)}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        model.eval()
+        images, labels = self.dataset.test_images, self.dataset.test_labels
+        correct, loss_sum = 0, 0.0
+        for start in range(0, len(labels), EVAL_BATCH):
+            x, y = to_float(images[start : start + EVAL_BATCH]), labels[start : start + EVAL_BATCH]
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+        metrics: dict[str, Any] = {"clean_acc": correct / len(labels), "clean_loss": loss_sum / len(labels)}
+        if self.backdoors:
+            metrics["asr"] = {backdoor.name: self.attack_success_rate(model, backdoor) for backdoor in self.backdoors}
+        return metrics
+
+    @torch.no_grad()
+    def attack_success_rate(self, model: nn.Module, backdoor) -> float:
+        """Share of non-target test images that the trigger flips to the target class."""
+        model.eval()
+        keep = self.dataset.test_labels != backdoor.target
+        images = self.dataset.test_images[keep]
+        hits = 0
+        for start in range(0, len(images), EVAL_BATCH):
+            triggered = backdoor.trigger.apply(to_float(images[start : start + EVAL_BATCH]))
+            hits += (model(triggered).argmax(1) == backdoor.target).sum().item()
+        return hits / max(len(images), 1)

@@ -1,0 +1,121 @@
+"""The run recorder: every run writes one folder (see the run-folder contract in README).
+
+Every file is written atomically (temporary file + ``os.replace``), so a run
+killed at any moment leaves only complete files: ``metrics.jsonl`` holds every
+finished round and ``checkpoint.pt`` the last checkpointed global model, from
+which ``resume=<run folder>`` continues.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.json"
+ATTACKERS = "attackers.json"
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def atomic_write_json(path: Path, payload: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, payload: Any) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def new_run_dir(output_dir: str | Path, experiment: str) -> Path:
+    """``<output-dir>/<experiment>-<timestamp>`` as an absolute path (made unique if taken)."""
+    parent = Path(output_dir).expanduser().resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate = parent / f"{experiment}-{stamp}"
+    suffix = 1
+    while candidate.exists():
+        suffix += 1
+        candidate = parent / f"{experiment}-{stamp}-{suffix}"
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+class Recorder:
+    """Writes config, ground truth, per-round metrics, checkpoints and the final summary."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rounds: list[dict[str, Any]] = read_metrics(self.run_dir)
+
+    # ----------------------------------------------------------------- start
+    def write_config(self, config_json: dict[str, Any]) -> None:
+        atomic_write_json(self.run_dir / CONFIG, config_json)
+
+    def write_attackers(self, description: dict[str, Any]) -> None:
+        atomic_write_json(self.run_dir / ATTACKERS, description)
+
+    # ----------------------------------------------------------------- rounds
+    def log_round(self, record: dict[str, Any]) -> None:
+        """Append one round's metrics (the whole file is rewritten atomically)."""
+        self.rounds = [r for r in self.rounds if r["round"] < record["round"]] + [_clean(record)]
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rounds)
+        atomic_write_bytes(self.run_dir / METRICS, lines.encode())
+
+    def save_checkpoint(self, server_round: int, state_dict: dict[str, torch.Tensor]) -> None:
+        atomic_torch_save(self.run_dir / CHECKPOINT, {"round": server_round, "model": state_dict})
+
+    def load_checkpoint(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return None
+        payload = torch.load(path, weights_only=True)
+        # Metrics of rounds after the checkpoint are dropped: they will be re-run.
+        self.rounds = [r for r in self.rounds if r["round"] <= payload["round"]]
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rounds)
+        atomic_write_bytes(self.run_dir / METRICS, lines.encode())
+        return payload["round"], payload["model"]
+
+    # ----------------------------------------------------------------- end
+    def finish(self, state_dict: dict[str, torch.Tensor], summary: dict[str, Any]) -> None:
+        atomic_torch_save(self.run_dir / MODEL, state_dict)
+        atomic_write_json(self.run_dir / SUMMARY, summary)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: floats rounded to 6 significant digits, NaN/Inf as strings, no None values."""
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items() if item is not None}
+    if isinstance(value, (list, tuple)):
+        return [_clean(item) for item in value]
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return float(f"{value:.6g}")
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value

@@ -1,0 +1,130 @@
+"""Plots and tables made from a run folder's files (never from memory)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flowerbed.platform.recorder import ATTACKERS, SUMMARY, read_metrics
+
+NOT_PLOTTED = {"round", "seconds"}
+
+
+def _scalar_series(rounds: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    series: dict[str, list[tuple[int, float]]] = {}
+    for record in rounds:
+        for key, value in record.items():
+            if key not in NOT_PLOTTED and isinstance(value, (int, float)) and not isinstance(value, bool):
+                series.setdefault(key, []).append((record["round"], float(value)))
+    return series
+
+
+def _attack_windows(run_dir: Path) -> list[tuple[int, int]]:
+    path = run_dir / ATTACKERS
+    if not path.exists():
+        return []
+    attackers = json.loads(path.read_text()).get("attackers", {})
+    return sorted({(a["schedule"]["start"], a["schedule"]["end"]) for a in attackers.values()})
+
+
+def make_plots(run_dir: str | Path) -> list[Path]:
+    """Write ``plots/accuracy.png`` (and ``asr.png``, ``metrics.png`` where they apply); return the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rounds = read_metrics(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    written: list[Path] = []
+    if not rounds:
+        return written
+    series = _scalar_series(rounds)
+    windows = _attack_windows(run_dir)
+
+    def shade(axis) -> None:
+        for index, (start, end) in enumerate(windows):
+            axis.axvspan(start - 0.5, end + 0.5, color="tab:red", alpha=0.08, label="attack window" if index == 0 else None)
+
+    if "clean_acc" in series:
+        figure, axis = plt.subplots(figsize=(7, 4))
+        rounds_, values = zip(*series["clean_acc"])
+        axis.plot(rounds_, values, label="clean accuracy", color="black")
+        if "clean_loss" in series:
+            twin = axis.twinx()
+            loss_rounds, losses = zip(*series["clean_loss"])
+            twin.plot(loss_rounds, losses, label="clean loss", color="tab:gray", linestyle="--")
+            twin.set_ylabel("loss")
+        shade(axis)
+        axis.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title=run_dir.name)
+        axis.legend(loc="lower right")
+        written.append(_save(figure, plots / "accuracy.png"))
+
+    asr_names = sorted({name for record in rounds for name in record.get("asr", {})})
+    if asr_names:
+        figure, axis = plt.subplots(figsize=(7, 4))
+        for name in asr_names:
+            points = [(r["round"], r["asr"][name]) for r in rounds if name in r.get("asr", {})]
+            axis.plot(*zip(*points), label=f"ASR {name}")
+        if "clean_acc" in series:
+            axis.plot(*zip(*series["clean_acc"]), label="clean accuracy", color="black", linestyle="--")
+        shade(axis)
+        axis.set(xlabel="round", ylabel="rate", ylim=(0, 1.02), title=f"{run_dir.name}: backdoors")
+        axis.legend(loc="best", fontsize="small")
+        written.append(_save(figure, plots / "asr.png"))
+
+    others = [key for key in series if key not in ("clean_acc", "clean_loss")]
+    if others:
+        figure, axes = plt.subplots(len(others), 1, figsize=(7, 2.2 * len(others)), sharex=True, squeeze=False)
+        for axis, key in zip(axes[:, 0], others):
+            axis.plot(*zip(*series[key]))
+            axis.set_ylabel(key, fontsize="small")
+        axes[-1, 0].set_xlabel("round")
+        written.append(_save(figure, plots / "metrics.png"))
+    return written
+
+
+def _save(figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def summary_table(run_dir: str | Path):
+    """A rich Table of the run's summary (final values, best value, backdoors, detection)."""
+    from rich.table import Table
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / SUMMARY
+    rounds = read_metrics(run_dir)
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    table = Table(title=f"{run_dir.name} ({len(rounds)} rounds recorded)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    final = summary.get("final") or (rounds[-1] if rounds else {})
+    for key, value in final.items():
+        if isinstance(value, float):
+            table.add_row(f"final {key}", f"{value:.4f}")
+        elif isinstance(value, dict) and key == "asr":
+            for name, asr in value.items():
+                table.add_row(f"final ASR {name}", f"{asr:.4f}")
+    if "best" in summary:
+        best = summary["best"]
+        table.add_row(f"best {best['metric']}", f"{best['value']:.4f} (round {best['round']})")
+    for name, entry in summary.get("backdoors", {}).items():
+        for key in ("asr_plus_10", "asr_plus_30", "rounds_until_below_50"):
+            if key in entry:
+                table.add_row(f"{name} {key}", f"{entry[key]:.4f}" if isinstance(entry[key], float) else str(entry[key]))
+    for key, value in summary.get("detection", {}).items():
+        table.add_row(f"detection {key}", f"{value:.4f}")
+    if "seconds_total" in summary:
+        table.add_row("wall time (s)", f"{summary['seconds_total']:.1f}")
+    if not summary:
+        table.add_row("status", "no summary.json: the run did not finish (metrics.jsonl has the finished rounds)")
+    return table

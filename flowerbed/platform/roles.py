@@ -1,0 +1,168 @@
+"""Client roles: which partition ids attack, with which attack, trigger, target and schedule.
+
+The plan is a pure function of the run config (and its seed), so the server
+and every client build the same one independently. Its ground truth is
+written to the run folder as ``attackers.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flowerbed.platform.config import ConfigError, RunConfig, per_attacker
+from flowerbed.platform.registry import ATTACKS, DATASETS, TRIGGERS
+from flowerbed.platform.seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Attack in rounds ``start..end`` (inclusive), every ``every``-th round of that window."""
+
+    start: int
+    end: int
+    every: int = 1
+
+    def is_active(self, server_round: int) -> bool:
+        return self.start <= server_round <= self.end and (server_round - self.start) % self.every == 0
+
+    def last_round(self) -> int:
+        return self.start + (self.end - self.start) // self.every * self.every
+
+
+@dataclass
+class Attacker:
+    """One attacking client: its attack object and when it acts."""
+
+    index: int
+    partition_id: int
+    attack: Any
+    schedule: Schedule
+    attack_name: str
+    trigger_name: str
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "attacker": self.index,
+            "partition_id": self.partition_id,
+            "attack": self.attack_name,
+            "trigger": self.trigger_name,
+            "trigger_details": self.attack.backdoor.trigger.describe(),
+            "target": self.attack.backdoor.target,
+            "backdoors": [backdoor.name for backdoor in self.attack.backdoors],
+            "poison_fraction": self.attack.poison_fraction,
+            "schedule": {"start": self.schedule.start, "end": self.schedule.end, "every": self.schedule.every},
+        }
+
+
+@dataclass
+class AttackPlan:
+    attackers: list[Attacker] = field(default_factory=list)
+    participation: str = "forced"
+
+    def attacker_for(self, partition_id: int) -> Attacker | None:
+        for attacker in self.attackers:
+            if attacker.partition_id == partition_id:
+                return attacker
+        return None
+
+    @property
+    def attacker_ids(self) -> list[int]:
+        return [attacker.partition_id for attacker in self.attackers]
+
+    def active_ids(self, server_round: int) -> list[int]:
+        return [a.partition_id for a in self.attackers if a.schedule.is_active(server_round)]
+
+    def backdoors(self) -> list[Any]:
+        """Every backdoor to measure, once each, in attacker order."""
+        seen: dict[str, Any] = {}
+        for attacker in self.attackers:
+            for backdoor in attacker.attack.backdoors:
+                seen.setdefault(backdoor.name, backdoor)
+        return list(seen.values())
+
+    def schedule_of(self, backdoor_name: str) -> Schedule | None:
+        """The combined attack window of the attackers that implant ``backdoor_name``."""
+        windows = [a.schedule for a in self.attackers if backdoor_name in [b.name for b in a.attack.backdoors]]
+        if not windows:
+            return None
+        return Schedule(min(w.start for w in windows), max(w.last_round() for w in windows))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "participation": self.participation,
+            "attackers": {str(a.partition_id): a.describe() for a in self.attackers},
+        }
+
+
+def build_attack_plan(config: RunConfig) -> AttackPlan:
+    """Assign attacker roles from the config; raise :class:`ConfigError` naming the key on bad input."""
+    attack = config.attack
+    count = attack.num_attackers
+    if count == 0:
+        return AttackPlan(participation=attack.participation)
+    if attack.attacker_ids:
+        ids = list(attack.attacker_ids)
+    else:
+        rng = np.random.default_rng(derive_seed(config.seed, "attacker-ids"))
+        ids = sorted(rng.choice(config.num_clients, size=count, replace=False).tolist())
+    names = per_attacker(attack.name, count)
+    targets = per_attacker(attack.targets, count)
+    fractions = per_attacker(attack.poison_fraction, count)
+    starts = per_attacker(attack.start_round, count)
+    ends = [end or config.num_server_rounds for end in per_attacker(attack.end_round, count)]
+    everys = per_attacker(attack.every, count)
+    attack_classes = [ATTACKS.get(name) for name in names]
+    triggers = [
+        trigger or getattr(cls, "default_trigger", "")
+        for trigger, cls in zip(per_attacker(attack.trigger, count, default=""), attack_classes)
+    ]
+    for name, trigger in zip(names, triggers):
+        if not trigger:
+            raise ConfigError([f"key 'attack.trigger': attack '{name}' has no default trigger; name one"])
+    dataset = DATASETS.get(config.data.name)
+    image_shape = tuple(dataset.image_shape)
+
+    backdoors = []
+    for k in range(count):
+        same_kind = [j for j in range(count) if triggers[j] == triggers[k]]
+        trigger = _build_trigger(config, triggers[k], same_kind.index(k), len(same_kind), image_shape)
+        backdoors.append(_backdoor(f"{names[k].rsplit(':', 1)[-1].lower()}-{k}", trigger, targets[k]))
+
+    attackers = []
+    for k in range(count):
+        params = _plugin_params(config, "attack", names[k])
+        colluders = [backdoors[j] for j in range(count) if j != k]
+        try:
+            attack_object = attack_classes[k](
+                params, backdoor=backdoors[k], colluders=colluders, poison_fraction=fractions[k]
+            )
+        except ValueError as error:
+            raise ConfigError([f"attack '{names[k]}' (attacker {k}): {error}"]) from None
+        schedule = Schedule(starts[k], ends[k], everys[k])
+        attackers.append(Attacker(k, ids[k], attack_object, schedule, names[k], triggers[k]))
+    return AttackPlan(attackers=attackers, participation=attack.participation)
+
+
+def _plugin_params(config: RunConfig, kind: str, name: str):
+    try:
+        return config.plugin_params(kind, name)
+    except ValueError as error:
+        raise ConfigError([f"{kind} '{name}': {error}"]) from None
+
+
+def _build_trigger(config: RunConfig, name: str, index: int, count: int, image_shape: tuple):
+    cls = TRIGGERS.get(name)
+    params = _plugin_params(config, "trigger", name)
+    try:
+        return cls(params, index=index, count=count, image_shape=image_shape, seed=derive_seed(config.seed, "trigger", name, index))
+    except ValueError as error:
+        raise ConfigError([f"trigger '{name}' (keys 'trigger.{name}.*'): {error}"]) from None
+
+
+def _backdoor(name: str, trigger: Any, target: int):
+    from flowerbed.clients.triggers.base import Backdoor  # the public trigger API
+
+    return Backdoor(name=name, trigger=trigger, target=target)

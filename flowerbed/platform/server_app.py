@@ -1,0 +1,120 @@
+"""The Flower ServerApp: validate the config, set up the run folder, drive the rounds.
+
+``app`` reads ``context.run_config`` (the ``flwr run`` path); the in-process
+simulation builds its own app with :func:`make_server_app` and hands it an
+already validated config, because ``run_simulation`` passes no run config.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from flowerbed.platform.config import ConfigError, RunConfig, parse_run_config
+from flowerbed.platform.federation import run_rounds
+from flowerbed.platform.progress import Progress
+from flowerbed.platform.recorder import CONFIG, Recorder, new_run_dir
+from flowerbed.platform.registry import STRATEGIES, WORKLOADS
+from flowerbed.platform.roles import build_attack_plan
+
+
+@dataclass
+class RunOutcome:
+    """Filled in by the ServerApp so an in-process caller learns where the run went."""
+
+    run_dir: Path | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+
+
+def build_strategy(config: RunConfig, workload) -> Any:
+    """The configured strategy; flowerbed samples clients itself, so it addresses every node it is given."""
+    factory = STRATEGIES.get(config.strategy.name)
+    params = config.plugin_params("strategy", config.strategy.name)
+    try:
+        strategy = factory(
+            params,
+            fraction_train=1.0,
+            num_clients_per_round=config.clients_per_round(),
+            seed=config.seed,
+            root_data=getattr(workload, "server_model_hooks", lambda: None)(),
+        )
+    except ValueError as error:
+        raise ConfigError([f"strategy '{config.strategy.name}': {error}"]) from None
+    for attribute, value in (("min_train_nodes", 1), ("min_available_nodes", 1), ("fraction_evaluate", 0.0), ("min_evaluate_nodes", 0)):
+        target = getattr(strategy, "strategy", strategy)  # DP wrappers keep the inner one in .strategy
+        for obj in {id(strategy): strategy, id(target): target}.values():
+            if hasattr(obj, attribute):
+                setattr(obj, attribute, value)
+    return strategy
+
+
+def open_run_folder(config: RunConfig) -> Path:
+    """A new run folder, or the one being resumed (whose config must match)."""
+    if not config.resume:
+        return new_run_dir(config.output_dir, config.experiment)
+    run_dir = Path(config.resume).expanduser().resolve()
+    saved_path = run_dir / CONFIG
+    if not saved_path.exists():
+        raise ConfigError([f"key 'resume': {run_dir} is not a run folder (no {CONFIG})"])
+    saved = json.loads(saved_path.read_text())
+    current = config.to_json_dict()
+    ignored = {"resume", "output-dir", "num-server-rounds"}
+    changed = sorted(k for k in set(saved) | set(current) if k not in ignored and saved.get(k) != current.get(k))
+    if changed:
+        raise ConfigError([f"key 'resume': the config differs from the saved run in {', '.join(changed)}"])
+    return run_dir
+
+
+def execute(grid: Grid, config: RunConfig, outcome: RunOutcome, quiet: bool = False) -> None:
+    """Run one experiment on ``grid`` and record it."""
+    progress = Progress(quiet=quiet)
+    plan = build_attack_plan(config)
+    workload = WORKLOADS.get(config.workload.name)(config, config.plugin_params("workload", config.workload.name))
+    if hasattr(workload, "backdoors"):
+        workload.backdoors = plan.backdoors()
+    strategy = build_strategy(config, workload)
+    run_dir = open_run_folder(config)
+    outcome.run_dir = run_dir
+    recorder = Recorder(run_dir)
+    recorder.write_config(config.to_json_dict())
+    if plan.attackers:
+        recorder.write_attackers(plan.describe())
+    progress.note(f"run folder: {run_dir}")
+    outcome.summary = run_rounds(grid, config, workload, strategy, plan, recorder, progress)
+    from flowerbed.platform.report import make_plots
+
+    make_plots(run_dir)
+    progress.note(f"done: results in {run_dir}")
+
+
+def make_server_app(preset: RunConfig | None = None, outcome: RunOutcome | None = None, quiet: bool = False) -> ServerApp:
+    """A ServerApp that runs ``preset`` (or, when None, the ``flwr run`` run config)."""
+    server_app = ServerApp()
+    result = outcome if outcome is not None else RunOutcome()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        torch.set_num_threads(max(torch.get_num_threads(), 1))
+        try:
+            config = preset if preset is not None else parse_run_config(dict(context.run_config))
+            execute(grid, config, result, quiet=quiet)
+        except ConfigError as error:
+            result.error = error
+            print(f"[flowerbed] {error}", file=sys.stderr, flush=True)
+            raise
+        except BaseException as error:  # recorded for the in-process caller, then re-raised for Flower
+            result.error = error
+            raise
+
+    return server_app
+
+
+app = make_server_app()

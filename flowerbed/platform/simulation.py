@@ -1,0 +1,58 @@
+"""Run an experiment in-process with Flower's simulation engine (``run_simulation``).
+
+This is what ``flowerbed run``, the tests and ``flowerbed bench`` use. The
+validated config reaches the ServerApp through :func:`make_server_app` and the
+clients through every message, since ``run_simulation`` passes no run config.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+from flowerbed.platform.config import RunConfig, parse_run_config
+from flowerbed.platform.server_app import RunOutcome, make_server_app
+
+OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+def run_experiment(config: RunConfig | dict[str, Any], quiet: bool = False) -> RunOutcome:
+    """Simulate ``config`` (a RunConfig or flat run-config dict); return where the results went.
+
+    Raises the ServerApp's error (a :class:`ConfigError` for bad input) if the run failed.
+    """
+    if not isinstance(config, RunConfig):
+        config = parse_run_config(config)
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    from flwr.simulation import run_simulation
+
+    from flowerbed.platform.client_app import app as client_app
+
+    outcome = RunOutcome()
+    server_app = make_server_app(config, outcome, quiet=quiet)
+    cpus = os.cpu_count() or 1
+    backend_config = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False, "logging_level": "error"},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=config.num_clients,
+            backend_config=backend_config,
+        )
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.run_dir is None:
+        raise RuntimeError("the simulation ended without starting the run (see the log above)")
+    return outcome

@@ -1,0 +1,73 @@
+"""Scores derived from the per-round metrics: detection quality and the run summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def detection_scores(flagged: list[int], attackers: list[int], clients: list[int]) -> dict[str, float]:
+    """Precision, recall and false-positive rate of a defence's flagged ids against ground truth.
+
+    Scores that are undefined this round (no flags, no attackers, no benign clients) are left out.
+    """
+    flagged_set, attacker_set = set(flagged), set(attackers)
+    benign = set(clients) - attacker_set
+    hits = len(flagged_set & attacker_set)
+    scores: dict[str, float] = {}
+    if flagged_set:
+        scores["precision"] = hits / len(flagged_set)
+    if attacker_set:
+        scores["recall"] = hits / len(attacker_set)
+    if benign:
+        scores["fpr"] = len(flagged_set - attacker_set) / len(benign)
+    return scores
+
+
+def persistence(asr_by_round: dict[int, float], last_attack_round: int, threshold: float = 0.5) -> dict[str, Any]:
+    """ASR 10 and 30 rounds after a backdoor's last attack round, and rounds until it falls below ``threshold``."""
+    result: dict[str, Any] = {"last_attack_round": last_attack_round}
+    for offset in (10, 30):
+        if last_attack_round + offset in asr_by_round:
+            result[f"asr_plus_{offset}"] = asr_by_round[last_attack_round + offset]
+    after = sorted(r for r in asr_by_round if r > last_attack_round)
+    below = [r for r in after if asr_by_round[r] < threshold]
+    if below:
+        result["rounds_until_below_50"] = below[0] - last_attack_round
+    elif after:
+        result["rounds_until_below_50_at_least"] = after[-1] - last_attack_round
+    return result
+
+
+def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=None) -> dict[str, Any]:
+    """Final and best values, persistence per backdoor, detection totals, wall time."""
+    if not rounds:
+        return {"rounds_completed": 0}
+    metric, mode = headline
+    final = rounds[-1]
+    summary: dict[str, Any] = {
+        "rounds_completed": final["round"],
+        "final": {key: value for key, value in final.items() if key not in ("clients", "attackers", "flagged", "failures")},
+        "seconds_total": sum(r.get("seconds", 0.0) for r in rounds),
+    }
+    scored = [r for r in rounds if isinstance(r.get(metric), (int, float))]
+    if scored:
+        pick = max if mode == "max" else min
+        best = pick(scored, key=lambda r: r[metric])
+        summary["best"] = {"metric": metric, "value": best[metric], "round": best["round"]}
+    if plan is not None and plan.attackers:
+        per_backdoor = {}
+        for backdoor in plan.backdoors():
+            series = {r["round"]: r["asr"][backdoor.name] for r in rounds if backdoor.name in r.get("asr", {})}
+            schedule = plan.schedule_of(backdoor.name)
+            entry: dict[str, Any] = {"final_asr": series.get(final["round"]), "max_asr": max(series.values(), default=None)}
+            if schedule is not None:
+                entry.update(persistence(series, schedule.last_round()))
+            per_backdoor[backdoor.name] = entry
+        summary["backdoors"] = per_backdoor
+    detection_rounds = [r for r in rounds if "flagged" in r]
+    if detection_rounds:
+        flagged = [(pid, r["round"]) for r in detection_rounds for pid in r["flagged"]]
+        attackers = [(pid, r["round"]) for r in detection_rounds for pid in r.get("attackers", [])]
+        clients = [(pid, r["round"]) for r in detection_rounds for pid in r.get("clients", [])]
+        summary["detection"] = detection_scores(flagged, attackers, clients)
+    return summary

@@ -1,0 +1,80 @@
+"""The Workload protocol: what a client trains and how the server judges it.
+
+Image classification (the backdoor setting) is one workload; every extension is
+another. The ClientApp and ServerApp only ever talk to a Workload, so a new
+research method plugs into the same simulation, recorder and plots.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class WorkloadParams(BaseModel):
+    """Base for a workload's own hyper-parameters (run-config keys ``workload.<name>.<param>``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+@dataclass
+class TrainContext:
+    """Everything a client needs to train one round (built by the ClientApp)."""
+
+    server_round: int
+    partition_id: int
+    num_partitions: int
+    local_epochs: int
+    lr: float
+    batch_size: int
+    generator: torch.Generator  # seeded from (run seed, round, partition id)
+    # Optional hook that rewrites a training batch (x, y) -> (x, y); attackers use it to poison.
+    poison_batch: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    # Optional hook called after each ``loss.backward()``, before the optimiser step.
+    after_backward: Callable[[nn.Module], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Workload(ABC):
+    """A trainable, evaluable task.
+
+    Subclasses set ``name`` and, if they take hyper-parameters, ``Params``
+    (a :class:`WorkloadParams` subclass). ``config`` is the validated run
+    config; ``params`` are this workload's own validated parameters.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[WorkloadParams]] = WorkloadParams
+
+    def __init__(self, config: Any, params: WorkloadParams | None = None) -> None:
+        self.config = config
+        self.params = params if params is not None else self.Params()
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model (seeded by the caller)."""
+
+    @abstractmethod
+    def client_dataset(self, partition_id: int, num_partitions: int) -> Any:
+        """The local training data of one partition (one client)."""
+
+    @abstractmethod
+    def train(self, model: nn.Module, dataset: Any, context: TrainContext) -> dict[str, float]:
+        """Train ``model`` in place; return at least ``train_loss`` and ``num-examples``."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        """Server-side evaluation on held-out data: metric name -> value (or dict of values)."""
+
+    def headline_metric(self) -> tuple[str, str]:
+        """The headline metric and whether higher ("max") or lower ("min") is better.
+
+        Summaries report its best value and round; progress lines print it.
+        """
+        return "clean_acc", "max"

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Run flowerbed with `flwr run .` on a private local simulation SuperLink, then stop it.
+#
+#   scripts/flwr-local.sh                                    # the default experiment
+#   scripts/flwr-local.sh --run-config experiments/tiny.toml
+#   scripts/flwr-local.sh --run-config "num-server-rounds=5 partition.alpha=0.1"
+#
+# Why not plain `flwr run .`: its auto-started SuperLink syncs the app's dependencies
+# with uv into a fresh environment (several GB: a CUDA torch) and stays running after
+# the run. This script starts the SuperLink with runtime dependency installation
+# disabled (the app runs in this Python environment), keeps Flower's state in a
+# project-local FLWR_HOME, sizes the federation from the run config's `num-clients`,
+# streams the logs, fails when the run fails, and leaves no process behind.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export FLWR_HOME="${FLWR_HOME:-$ROOT/.flwr}"
+export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+export FLWR_LOCAL_SUPERLINK_HTTP_API_PORT="${FLWR_LOCAL_SUPERLINK_HTTP_API_PORT:-39091}"
+PORT="$FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"
+PYTHON="${PYTHON:-python}"
+
+# The federation needs as many simulated nodes as the run config has clients.
+NUM_CLIENTS="$("$PYTHON" -m flowerbed.platform.cli num-clients -- "$@")"
+FEDERATION_CONFIG="num-supernodes=$NUM_CLIENTS client-resources-num-cpus=${CPUS_PER_CLIENT:-1}"
+
+mkdir -p "$FLWR_HOME/local-superlink"
+[ -f "$FLWR_HOME/config.toml" ] || printf '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n' >"$FLWR_HOME/config.toml"
+healthy() { "$PYTHON" -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=1)" >/dev/null 2>&1; }
+if healthy; then
+  echo "A SuperLink already listens on :$PORT (it may install dependencies with uv); stop it or set FLWR_LOCAL_SUPERLINK_HTTP_API_PORT" >&2
+  exit 2
+fi
+cd "$ROOT"  # the ServerApp and ClientApps inherit the SuperLink's working directory
+setsid flower-superlink --insecure --simulation --isolation subprocess \
+  --disable-runtime-dependency-installation --host 127.0.0.1 --port "$PORT" \
+  --log-file "$FLWR_HOME/local-superlink/superlink.log" >/dev/null 2>&1 &
+SUPERLINK_PID=$! RUN_PID="" OUTPUT="$(mktemp)"
+
+stop_pid() {
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; done
+  kill -KILL "$1" 2>/dev/null || true
+}
+cleanup() {  # the SuperExec (its own session) holds flwr-simulation and every Ray process
+  [ -n "$RUN_PID" ] && stop_pid "$RUN_PID"
+  local superexec
+  superexec="$(pgrep -P "$SUPERLINK_PID" | head -n1 || true)"
+  stop_pid "$SUPERLINK_PID"
+  if [ -n "$superexec" ]; then
+    sleep 1
+    pkill -TERM -s "$superexec" 2>/dev/null && sleep 2
+    pkill -KILL -s "$superexec" 2>/dev/null || true
+  fi
+  rm -f "$OUTPUT"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for _ in $(seq 75); do
+  healthy && break
+  kill -0 "$SUPERLINK_PID" 2>/dev/null || { echo "flower-superlink died; see $FLWR_HOME/local-superlink/superlink.log" >&2; exit 1; }
+  sleep 0.2
+done
+flwr run . local --stream --federation-config "$FEDERATION_CONFIG" "$@" > >(tee "$OUTPUT") 2>&1 &
+RUN_PID=$!
+wait "$RUN_PID"
+RUN_PID=""
+RUN_ID="$(sed -n 's/.*Successfully started run \([0-9]*\).*/\1/p' "$OUTPUT")"
+[ -n "$RUN_ID" ] || { echo "flwr run did not start a run" >&2; exit 1; }
+STATUS="$(flwr list local --run-id "$RUN_ID" --format json | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')"
+echo "flwr run $RUN_ID: $STATUS"
+[ "$STATUS" = finished:completed ]  # `flwr run --stream` exits 0 even when the ServerApp failed

@@ -1,0 +1,89 @@
+"""The run config: defaults, flat round trip, clear errors naming the key, pyproject in sync."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from flowerbed.platform.cli import flwr_run_overrides, parse_assignment, pyproject_config_block
+from flowerbed.platform.config import ConfigError, RunConfig, default_flat_config, parse_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_round_trip_through_flat_keys():
+    config = parse_run_config({})
+    assert config == RunConfig()
+    assert parse_run_config(config.to_flat()) == config
+    assert config.to_flat()["num-server-rounds"] == 20
+    assert config.to_flat()["data.name"] == "digits-rgb32"
+
+
+def test_dotted_keys_and_plugin_tables_are_parsed():
+    config = parse_run_config({"partition.alpha": 0.1, "num-server-rounds": 5, "attack.targets": "1,2,3"})
+    assert config.partition.alpha == 0.1
+    assert config.num_server_rounds == 5
+    assert config.attack.targets == (1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("flat", "named_key"),
+    [
+        ({"num-server-rounds": 0}, "num-server-rounds"),
+        ({"lr": "fast"}, "lr"),
+        ({"data.nmae": "x"}, "data.nmae"),
+        ({"bogus": 1}, "bogus"),
+        ({"data.name": "imagenet"}, "data.name"),
+        ({"model.name": "vgg99"}, "model.name"),
+        ({"strategy.name": "nope"}, "strategy.name"),
+        ({"partition.name": "random"}, "partition.name"),
+        ({"fraction-train": 1.5}, "fraction-train"),
+        ({"min-clients": 50}, "min-clients"),
+        ({"attack.num-attackers": 20, "attack.name": "badnets"}, "attack.num-attackers"),
+        ({"attack.num-attackers": 1, "attack.name": "badnets", "attack.targets": 12}, "attack.targets"),
+        ({"attack.num-attackers": 2, "attack.name": "badnets", "attack.targets": "1,2,3"}, "attack.targets"),
+        ({"attack.num-attackers": 1, "attack.name": "no.such.module:Attack"}, "attack.name"),
+        ({"attack.num-attackers": 1, "attack.name": "badnets", "attack.start-round": 9, "attack.end-round": 3}, "attack.start-round"),
+        ({"attack.num-attackers": 1, "attack.name": "badnets", "attack.attacker-ids": "99"}, "attack.attacker-ids"),
+        ({"strategy.krum.not-a-param": 1}, "strategy.krum.not-a-param"),
+        ({"strategy.nosuch.x": 1}, "strategy.nosuch"),
+    ],
+)
+def test_bad_input_names_the_key(flat, named_key):
+    with pytest.raises(ConfigError) as error:
+        parse_run_config(flat)
+    assert named_key in str(error.value)
+
+
+def test_pyproject_declares_every_key_with_its_default():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = pyproject["tool"]["flwr"]["app"]["config"]
+    from flowerbed.platform.config import flatten
+
+    declared = flatten(declared)
+    expected = tomllib.loads(pyproject_config_block())["tool"]["flwr"]["app"]["config"]
+    assert declared == flatten(expected), "run `flowerbed config --pyproject` and paste it into pyproject.toml"
+    assert set(declared) == set(default_flat_config())
+
+
+def test_cli_overrides_parse_toml_values():
+    assert parse_assignment("num-server-rounds=5") == ("num-server-rounds", 5)
+    assert parse_assignment("partition.alpha=0.1") == ("partition.alpha", 0.1)
+    assert parse_assignment("attack.name=dmba") == ("attack.name", "dmba")
+    assert flwr_run_overrides(["--run-config", "num-clients=4 lr=0.1"]) == {"num-clients": 4, "lr": 0.1}
+
+
+def test_cli_reports_bad_config_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "flowerbed.platform.cli", "run", "--set", "num-server-rounds=-1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "num-server-rounds" in result.stderr
+    assert "Traceback" not in result.stderr
