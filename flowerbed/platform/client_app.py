@@ -103,7 +103,11 @@ def train(msg: Message, context: Context) -> Message:
         attack.on_train_start(model, global_state, memory)
 
     metrics = runtime.workload.train(model, dataset, context_)
-    local_state = model.state_dict()
+    # Integer buffers (BatchNorm's num_batches_tracked) are counters, not learned weights:
+    # they go back unchanged so that distance-based rules (Krum, Bulyan) see only the update.
+    local_state = {
+        key: value if torch.is_floating_point(value) else global_state[key] for key, value in model.state_dict().items()
+    }
     if active:
         local_state = _craft(attacker.attack, global_state, local_state, memory)
         context.state[MEMORY_KEY] = ArrayRecord({k: v.detach().clone() for k, v in memory.items()})

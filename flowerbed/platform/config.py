@@ -69,6 +69,9 @@ class DataConfig(Section):
     root: str = Field("", description="folder holding a real dataset's files (torchvision layout)")
     train_size: int = Field(20000, alias="train-size", ge=100, description="digits-rgb32: training images")
     test_size: int = Field(2000, alias="test-size", ge=20, description="digits-rgb32: test images")
+    server_size: int = Field(
+        100, alias="server-size", ge=0, description="training images the server keeps as root data (FLTrust); no client gets them"
+    )
     seed: int = Field(0, description="seed of the dataset build (independent of the run seed)")
     cache_dir: str = Field("", alias="cache-dir", description="where built datasets are cached")
 
@@ -297,14 +300,42 @@ def _check_plugin_tables(config: RunConfig) -> list[str]:
     return problems
 
 
+def _check_workload(config: RunConfig) -> list[str]:
+    """The selected workload's own cross-key checks, and whether it can be attacked at all."""
+    try:
+        workload = WORKLOADS.get(config.workload.name)
+        params = config.plugin_params("workload", config.workload.name)
+    except (RegistryError, ValidationError):
+        return []  # already reported by _check_names / _check_plugin_tables
+    problems = []
+    if config.attack.num_attackers and not getattr(workload, "supports_attacks", False):
+        problems.append(
+            f"key 'attack.num-attackers': {config.attack.num_attackers} attackers, but workload "
+            f"'{config.workload.name}' cannot be attacked (attacks poison image-classification training); "
+            "set attack.num-attackers = 0"
+        )
+    check = getattr(workload, "check_config", None)
+    if callable(check):
+        problems += list(check(config, params))
+    return problems
+
+
+def _workload_supports_attacks(config: RunConfig) -> bool:
+    try:
+        return bool(getattr(WORKLOADS.get(config.workload.name), "supports_attacks", False))
+    except RegistryError:
+        return True  # an unknown workload is reported by _check_names; check the attack keys anyway
+
+
 def _check_consistency(config: RunConfig) -> list[str]:
     problems = []
     if config.min_clients > config.num_clients:
         problems.append(f"key 'min-clients': {config.min_clients} is more than num-clients={config.num_clients}")
+    problems += _check_workload(config)
     attack = config.attack
     count = attack.num_attackers
-    if count == 0:
-        return problems
+    if count == 0 or not _workload_supports_attacks(config):
+        return problems  # a workload that cannot be attacked has had its one attack problem reported
     if count > config.num_clients:
         problems.append(f"key 'attack.num-attackers': {count} attackers but only num-clients={config.num_clients}")
     if attack.name == ("none",):

@@ -26,10 +26,12 @@ from flowerbed.platform.config import ConfigError, RunConfig
 from flowerbed.platform.progress import Progress
 from flowerbed.platform.recorder import Recorder
 from flowerbed.platform.roles import AttackPlan
-from flowerbed.platform.sanitize import drop_malformed
+from flowerbed.platform.sanitize import sanitize_replies
 from flowerbed.platform.seeding import derive_seed, seed_torch
 from flowerbed.platform.summary import build_summary, detection_scores
 from flowerbed.platform.workload import Workload
+
+logger = logging.getLogger("flowerbed")
 
 DISCOVERY_TIMEOUT = 600.0
 ROUND_TIMEOUT = 3600.0
@@ -132,8 +134,10 @@ def run_rounds(
             failure["partition_id"] for failure in failures
         }
         failures += [{"partition_id": pid, "reason": "no reply before the round timeout"} for pid in clients if pid not in answered]
-        replies, dropped = drop_malformed(replies, arrays)
-        failures += dropped
+        replies, dropped = sanitize_replies(replies, arrays)
+        failures += [{"partition_id": d.partition_id if d.partition_id is not None else -1, "reason": d.reason} for d in dropped]
+        for entry in failures:
+            logger.warning("round %d: partition %s left out: %s", server_round, entry["partition_id"], entry["reason"])
         replies.sort(key=lambda reply: int(reply.content["metrics"]["partition-id"]))
 
         new_arrays, train_metrics = (None, None)
@@ -152,7 +156,7 @@ def run_rounds(
         record["clients"] = clients
         if plan.attackers:
             record["attackers"] = attackers_present
-        flagged = getattr(strategy, "last_flagged", None)
+        flagged = getattr(strategy, "last_flagged", None) if getattr(strategy, "flags_clients", False) else None
         if flagged is not None:
             record["flagged"] = sorted(int(pid) for pid in flagged)
             record["detection"] = detection_scores(record["flagged"], attackers_present, clients)

@@ -40,10 +40,19 @@ class ImageClassification(Workload):
     """Supervised image classification on a registered dataset with a registered model."""
 
     name = "image-classification"
+    supports_attacks = True
 
     def __init__(self, config, params=None) -> None:
         super().__init__(config, params)
         self.dataset = load_dataset(config.data)
+        # The last ``data.server-size`` training images stay on the server (FLTrust's root data).
+        server_size = config.data.server_size
+        if server_size >= len(self.dataset.train_labels):
+            raise ValueError(f"key 'data.server-size': {server_size} leaves no training images for the clients")
+        self.client_pool = len(self.dataset.train_labels) - server_size
+        self.root_data = ClientImages(
+            self.dataset.train_images[self.client_pool :], self.dataset.train_labels[self.client_pool :]
+        )
         # Set by the platform from the attack plan: objects with .name, .trigger.apply(), .target.
         self.backdoors: list[Any] = []
 
@@ -51,7 +60,8 @@ class ImageClassification(Workload):
         return MODELS.get(self.config.model.name)(self.dataset.image_shape, self.dataset.num_classes)
 
     def client_dataset(self, partition_id: int, num_partitions: int) -> ClientImages:
-        parts = partition_indices(self.dataset.train_labels, num_partitions, self.config.partition, self.config.seed)
+        labels = self.dataset.train_labels[: self.client_pool]
+        parts = partition_indices(labels, num_partitions, self.config.partition, self.config.seed)
         indices = torch.from_numpy(parts[partition_id])
         return ClientImages(self.dataset.train_images[indices], self.dataset.train_labels[indices])
 
@@ -80,6 +90,37 @@ class ImageClassification(Workload):
                 total_loss += loss.item()
                 steps += 1
         return {"train_loss": total_loss / max(steps, 1), "num-examples": len(dataset)}
+
+    def server_model_hooks(self):
+        """What model-aware defences need: the server's update on its root data (FLTrust) and predictions (DeepSight)."""
+        from flwr.app import ArrayRecord
+
+        from flowerbed.platform.seeding import generator
+        from flowerbed.platform.server_model import ServerModelHooks
+
+        def root_update(arrays: ArrayRecord, server_round: int) -> ArrayRecord:
+            model = self.build_model()
+            model.load_state_dict(arrays.to_torch_state_dict())
+            context = TrainContext(
+                server_round=server_round,
+                partition_id=-1,
+                num_partitions=1,
+                local_epochs=self.config.local_epochs,
+                lr=self.config.lr,
+                batch_size=self.config.batch_size,
+                generator=generator(self.config.seed, "server-root", server_round),
+            )
+            self.train(model, self.root_data, context)
+            return ArrayRecord(model.state_dict())
+
+        @torch.no_grad()
+        def predict(arrays: ArrayRecord, inputs: torch.Tensor) -> torch.Tensor:
+            model = self.build_model()
+            model.load_state_dict(arrays.to_torch_state_dict())
+            model.eval()
+            return torch.softmax(model(inputs), dim=1)
+
+        return ServerModelHooks(root_update=root_update, predict=predict, input_shape=self.dataset.image_shape)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, Any]:

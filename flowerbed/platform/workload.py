@@ -51,10 +51,22 @@ class Workload(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[WorkloadParams]] = WorkloadParams
+    # Whether attackers (``attack.num-attackers > 0``) can poison this workload's training.
+    # Attacks poison labelled image batches, so only image classification sets it.
+    supports_attacks: ClassVar[bool] = False
 
     def __init__(self, config: Any, params: WorkloadParams | None = None) -> None:
         self.config = config
         self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def check_config(cls, config: Any, params: WorkloadParams) -> list[str]:
+        """Problems between the run config and this workload's params, each naming its keys.
+
+        Called by :func:`~flowerbed.platform.config.parse_run_config` before round 1, with
+        ``params`` already validated; the default finds none.
+        """
+        return []
 
     @abstractmethod
     def build_model(self) -> nn.Module:

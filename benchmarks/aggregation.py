@@ -1,0 +1,187 @@
+"""Time every registered defence's aggregation on ResNet-18-sized updates.
+
+Builds one global model with torchvision's ResNet-18 layout (11.2M parameters,
+float32, 10 classes) and ``--clients`` random client models in memory, then
+times each strategy's ``aggregate_train`` on fresh Flower reply Messages
+("end-to-end": reading the ArrayRecords, the rule, building the new model).
+For the defences flowerbed implements on the update matrix it also times the
+rule alone on an already-flattened ``UpdateBatch`` ("rule"). Prints a
+markdown table. Memory: about 3 x clients x 45 MB (13.5 GB for 100 clients).
+
+    OMP_NUM_THREADS=1 python benchmarks/aggregation.py [--clients 100] [--only krum,flame]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import torch
+import torchvision
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from flowerbed.platform.registry import STRATEGIES
+from flowerbed.strategies.server_model import ServerModelHooks
+from flowerbed.strategies.update_defence import UpdateDefence
+from flowerbed.strategies.updates import UpdateBatch
+
+# How each rule's cost grows with n clients and d parameters (default O(n d)).
+COST = {
+    "krum": "O(n^2 d): pairwise distances",
+    "multi-krum": "O(n^2 d): pairwise distances",
+    "bulyan": "O(n^2 d): pairwise distances, then a per-coordinate selection",
+    "flame": "O(n^2 d): cosine Gram matrix",
+    "foolsgold": "O(n^2 d): cosine Gram matrix of the histories",
+    "freqfed": "O(n d log d) DCT + O(n^2 k) cosine matrix",
+    "deepsight": "O(n^2) clustering on the output layer only (DDifs off: no model here)",
+    "median": "O(n d) selection along the client axis; numpy's strided median is slow",
+    "trimmed-mean": "O(n d) partition along the client axis; same memory pattern as median",
+}
+
+
+class BenchGrid:
+    """Flower's Grid as far as FedAvg.configure_train uses it."""
+
+    def __init__(self, num_nodes: int) -> None:
+        self.num_nodes = num_nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(range(1, self.num_nodes + 1))
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo, in bytes."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def resnet18_global(seed: int) -> dict[str, np.ndarray]:
+    torch.manual_seed(seed)
+    state = torchvision.models.resnet18(num_classes=10).state_dict()
+    return {key: value.numpy().copy() for key, value in state.items()}
+
+
+def client_arrays(global_model: dict[str, np.ndarray], num_clients: int, seed: int) -> list[dict[str, Array]]:
+    """Each client's model: global + N(0, 0.01^2) on the float arrays, counter + 50 batches (as Array bytes)."""
+    rng = np.random.default_rng(seed)
+    clients = []
+    for _ in range(num_clients):
+        arrays = {}
+        for key, value in global_model.items():
+            if np.issubdtype(value.dtype, np.floating):
+                local = value + rng.standard_normal(value.shape, dtype=np.float32) * np.float32(0.01)
+            else:
+                local = value + 50
+            arrays[key] = Array(np.asarray(local))
+        clients.append(arrays)
+    return clients
+
+
+def replies_from(clients: list[dict[str, Array]]) -> list[Message]:
+    """Fresh reply Messages sharing the clients' Array bytes (some Flower rules pop arrays from replies)."""
+    return [
+        Message(
+            content=RecordDict(
+                {
+                    "arrays": ArrayRecord(dict(arrays)),
+                    "metrics": MetricRecord({"num-examples": 100 + index, "partition-id": index}),
+                }
+            ),
+            dst_node_id=index + 1,
+            message_type=MessageType.TRAIN,
+        )
+        for index, arrays in enumerate(clients)
+    ]
+
+
+def build(name: str, num_clients: int, root: ServerModelHooks):
+    params = {"num-malicious": (num_clients - 3) // 4} if name in {"krum", "multi-krum", "bulyan"} else None
+    if name == "rlr":
+        params = {"threshold": max(1, num_clients // 4)}
+    return STRATEGIES.get(name)(params, fraction_train=1.0, num_clients_per_round=num_clients, seed=0, root_data=root)
+
+
+def time_one(name: str, rule_only: bool, setup: dict, connection) -> None:
+    """Child process: time one strategy (the rule alone, or aggregate_train end to end); send (seconds, flagged)."""
+    clients, global_record, root = setup["clients"], setup["global_record"], setup["root"]
+    strategy = build(name, len(clients), root)
+    strategy.configure_train(1, global_record, ConfigRecord(), BenchGrid(len(clients)))
+    replies = replies_from(clients)
+    if rule_only:
+        batch = UpdateBatch.from_contents([reply.content for reply in replies], global_record)
+        del replies
+        start = time.perf_counter()
+        result = strategy.aggregate_updates(batch, 1)
+        seconds = time.perf_counter() - start
+        flagged = int((~result.accepted).sum())
+    else:
+        start = time.perf_counter()
+        arrays, _ = strategy.aggregate_train(1, replies)
+        seconds = time.perf_counter() - start
+        assert arrays is not None, name
+        flagged = len(strategy.last_flagged)
+    connection.send((seconds, flagged))
+
+
+def measure(name: str, rule_only: bool, setup: dict) -> tuple[float, int] | None:
+    """Run :func:`time_one` in a forked child (it shares the client arrays; its memory is freed on exit)."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=time_one, args=(name, rule_only, setup, sender), daemon=True)
+    child.start()
+    child.join()
+    return receiver.recv() if child.exitcode == 0 and receiver.poll() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--only", default="", help="comma-separated strategy names (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+
+    names = args.only.split(",") if args.only else STRATEGIES.names()
+    global_model = resnet18_global(args.seed)
+    model_bytes = sum(value.nbytes for value in global_model.values())
+    needed = 3 * args.clients * model_bytes + (1 << 30)
+    available = available_memory()
+    if needed > available:
+        raise SystemExit(
+            f"needs about {needed / 2**30:.1f} GB (3 copies of {args.clients} models), {available / 2**30:.1f} GB free;"
+            " pass a smaller --clients"
+        )
+    num_parameters = sum(v.size for v in global_model.values() if np.issubdtype(v.dtype, np.floating))
+    root_model = ArrayRecord({key: Array(np.asarray(value + 0.001)) for key, value in global_model.items()})
+    setup = {
+        "clients": client_arrays(global_model, args.clients, args.seed),
+        "global_record": ArrayRecord({key: Array(np.asarray(value)) for key, value in global_model.items()}),
+        "root": ServerModelHooks(root_update=lambda arrays, server_round: root_model),
+    }
+
+    print(
+        f"{args.clients} clients x {num_parameters / 1e6:.2f}M float32 parameters (ResNet-18, 10 classes);"
+        f" torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}\n"
+    )
+    print("| defence | end-to-end aggregate_train (s) | rule on the update matrix (s) | flagged | cost |")
+    print("|---|---:|---:|---:|---|")
+    for name in names:
+        end_to_end = measure(name, False, setup)
+        rule = measure(name, True, setup) if issubclass(STRATEGIES.get(name), UpdateDefence) else None
+        e2e_text = "killed (out of memory?)" if end_to_end is None else f"{end_to_end[0]:.2f}"
+        rule_text = "-" if rule is None else f"{rule[0]:.2f}"
+        flagged = "-" if end_to_end is None else str(end_to_end[1])
+        print(f"| {name} | {e2e_text} | {rule_text} | {flagged} | {COST.get(name, 'O(n d)')} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

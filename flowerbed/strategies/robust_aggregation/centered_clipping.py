@@ -1,0 +1,61 @@
+"""Centered clipping (CClip), Karimireddy et al., ICML 2021 ("Learning from History for
+Byzantine Robust Optimization").
+
+Starting from the previous round's aggregated update (the server's momentum),
+repeat ``v <- v + (1/n) sum_i (u_i - v) * min(1, tau / |u_i - v|)``: every
+update pulls the centre by at most ``tau``. No client is excluded;
+``last_weights`` are each client's coefficient ``min(1, tau/|u_i - v|) / n`` in
+the last step.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from flowerbed.platform.registry import STRATEGIES
+
+from ..params import StrategyParams
+from ..update_defence import Aggregation, UpdateDefence
+from ..updates import UpdateBatch, clip_factors, distances_to
+
+
+class CenteredClippingParams(StrategyParams):
+    """Karimireddy et al. (2021): clipping radius tau = 10, one clipping iteration per round."""
+
+    tau: float = Field(10.0, gt=0.0, description="clipping radius around the centre")
+    iterations: int = Field(1, ge=1, description="l, clipping iterations per round")
+
+
+def centered_clipping(
+    updates: torch.Tensor, center: torch.Tensor, *, tau: float, iterations: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped centre after ``iterations`` steps and each update's coefficient in the last step."""
+    num_clients = updates.shape[0]
+    coefficients = torch.full((num_clients,), 1.0 / num_clients, dtype=torch.float64)
+    for _ in range(iterations):
+        coefficients = clip_factors(distances_to(updates, center), tau) / num_clients
+        center = center * (1.0 - float(coefficients.sum())) + coefficients.to(updates.dtype) @ updates
+    return center, coefficients
+
+
+@STRATEGIES.register("centered-clipping")
+class CenteredClipping(UpdateDefence):
+    """Centered clipping (Karimireddy et al., 2021) around the previous round's aggregate; flags nobody."""
+
+    name = "centered-clipping"
+    Params = CenteredClippingParams
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._previous_update: torch.Tensor | None = None
+
+    def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
+        start = self._previous_update
+        if start is None or start.shape[0] != batch.layout.num_floating:
+            start = torch.zeros(batch.layout.num_floating, dtype=batch.floating.dtype)
+        update, coefficients = centered_clipping(
+            batch.floating, start, tau=self.params.tau, iterations=self.params.iterations
+        )
+        self._previous_update = update
+        return Aggregation(update, torch.ones(batch.num_clients, dtype=torch.bool), coefficients)

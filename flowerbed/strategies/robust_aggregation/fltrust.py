@@ -1,0 +1,76 @@
+"""FLTrust, Cao et al., NDSS 2021 ("FLTrust: Byzantine-robust Federated Learning via Trust
+Bootstrapping").
+
+The server trains its own copy of the global model on a small clean root data
+set; its update g0 bootstraps trust. Each client gets the trust score
+``TS_i = ReLU(cos(g_i, g0))``, its update is rescaled to the norm of g0, and
+the round's update is ``sum_i TS_i * g_i * |g0| / |g_i|  /  sum_i TS_i``.
+Clients with zero trust are flagged.
+
+Needs ``root_data=ServerModelHooks(root_update=...)`` from the ServerApp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from flowerbed.platform.registry import STRATEGIES
+
+from ..params import StrategyParams
+from flowerbed.platform.server_model import ServerModelHooks
+from ..update_defence import Aggregation, UpdateDefence
+from ..updates import UpdateBatch
+
+
+def fltrust_aggregate(updates: torch.Tensor, root_update: torch.Tensor) -> Aggregation:
+    """FLTrust's trust-weighted, norm-aligned mean of ``updates`` given the server's ``root_update``."""
+    root_norm = torch.linalg.vector_norm(root_update.double())
+    norms = torch.linalg.vector_norm(updates, dim=1).double()
+    dots = (updates @ root_update).double()
+    usable = (norms > 0) & (root_norm > 0)
+    cosine = torch.where(usable, dots / (norms * root_norm).clamp(min=1e-300), torch.zeros_like(dots))
+    trust = cosine.clamp(min=0.0)
+    total = trust.sum()
+    if float(total) == 0.0:
+        return Aggregation(torch.zeros(updates.shape[1], dtype=updates.dtype), trust > 0, trust)
+    scale = torch.where(usable, root_norm / norms.clamp(min=1e-300), torch.zeros_like(norms))
+    update = (trust * scale / total).to(updates.dtype) @ updates
+    return Aggregation(update, trust > 0, trust / total)
+
+
+@STRATEGIES.register("fltrust")
+class FLTrust(UpdateDefence):
+    """FLTrust (Cao et al., 2021): weights clients by their direction's agreement with the server's root update."""
+
+    name = "fltrust"
+    Params = StrategyParams
+
+    def __init__(
+        self,
+        params: StrategyParams | Mapping[str, Any] | None = None,
+        *,
+        fraction_train: float = 1.0,
+        num_clients_per_round: int,
+        seed: int = 0,
+        root_data: ServerModelHooks | None = None,
+    ) -> None:
+        if root_data is None or root_data.root_update is None:
+            raise ValueError(
+                "strategy.fltrust: needs root_data=ServerModelHooks(root_update=...), the server's training on its root data"
+            )
+        super().__init__(
+            params,
+            fraction_train=fraction_train,
+            num_clients_per_round=num_clients_per_round,
+            seed=seed,
+            root_data=root_data,
+        )
+
+    def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
+        assert self.root_data is not None and self.root_data.root_update is not None and self._global_arrays is not None
+        root_model = self.root_data.root_update(self._global_arrays, server_round)
+        root_update = batch.flatten_like(root_model)[: batch.layout.num_floating]
+        return fltrust_aggregate(batch.floating, root_update)

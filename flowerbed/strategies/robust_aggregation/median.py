@@ -1,0 +1,39 @@
+"""Coordinate-wise median, Yin et al., ICML 2018 ("Byzantine-Robust Distributed Learning:
+Towards Optimal Statistical Rates"). Flower's FedMedian; no client is excluded as a whole,
+so nobody is flagged.
+
+Note: Flower's FedMedian pops the arrays out of the replies it aggregates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.serverapp import strategy as flwr_strategy
+
+from flowerbed.platform.registry import STRATEGIES
+
+from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
+from ..params import StrategyParams
+from flowerbed.platform.server_model import ServerModelHooks
+
+
+@STRATEGIES.register("median")
+class Median(FlagsNobody, FlowerbedStrategy, flwr_strategy.FedMedian):
+    """Flower's FedMedian (unweighted median of each coordinate over the client models)."""
+
+    name = "median"
+    Params = StrategyParams
+
+    def __init__(
+        self,
+        params: StrategyParams | Mapping[str, Any] | None = None,
+        *,
+        fraction_train: float = 1.0,
+        num_clients_per_round: int,
+        seed: int = 0,
+        root_data: ServerModelHooks | None = None,
+    ) -> None:
+        self.init_flowerbed(params, num_clients_per_round, seed)
+        flwr_strategy.FedMedian.__init__(self, **flower_kwargs(fraction_train, num_clients_per_round))

@@ -1,0 +1,61 @@
+"""Multi-Krum, Blanchard et al., NeurIPS 2017: average the m clients with the best Krum
+scores (m = n - f by default, as in the paper). Flower's rule; this subclass reports the
+clients it dropped."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.serverapp import strategy as flwr_strategy
+from pydantic import Field
+
+from flowerbed.platform.registry import STRATEGIES
+
+from ..base import FlowerbedStrategy, flower_kwargs
+from flowerbed.platform.server_model import ServerModelHooks
+from .krum import KrumParams, check_krum_tolerance
+from .krum_selection import ReportsKrumSelection
+
+
+class MultiKrumParams(KrumParams):
+    """Multi-Krum (Blanchard et al., 2017): f, and how many clients to average."""
+
+    num_selected: int | None = Field(
+        None, alias="num-selected", ge=1, description="m, clients averaged per round (default n - f)"
+    )
+
+
+@STRATEGIES.register("multi-krum")
+class MultiKrum(ReportsKrumSelection, FlowerbedStrategy, flwr_strategy.MultiKrum):
+    """Flower's MultiKrum; ``last_flagged`` lists the clients outside the m selected."""
+
+    name = "multi-krum"
+    Params = MultiKrumParams
+
+    def __init__(
+        self,
+        params: MultiKrumParams | Mapping[str, Any] | None = None,
+        *,
+        fraction_train: float = 1.0,
+        num_clients_per_round: int,
+        seed: int = 0,
+        root_data: ServerModelHooks | None = None,
+    ) -> None:
+        parsed = self.init_flowerbed(params, num_clients_per_round, seed)
+        num_selected = parsed.num_selected or num_clients_per_round - parsed.num_malicious
+        flwr_strategy.MultiKrum.__init__(
+            self,
+            num_malicious_nodes=parsed.num_malicious,
+            num_nodes_to_select=num_selected,
+            **flower_kwargs(fraction_train, num_clients_per_round),
+        )
+
+    @classmethod
+    def check_params(cls, params: MultiKrumParams, num_clients_per_round: int) -> None:
+        check_krum_tolerance(cls, params.num_malicious, num_clients_per_round)
+        if params.num_selected is not None and params.num_selected > num_clients_per_round:
+            raise cls.param_error(
+                "num_selected",
+                f"cannot select {params.num_selected} of {num_clients_per_round} clients per round",
+            )

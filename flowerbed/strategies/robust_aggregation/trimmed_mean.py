@@ -1,0 +1,58 @@
+"""Coordinate-wise trimmed mean, Yin et al., ICML 2018 ("Byzantine-Robust Distributed
+Learning: Towards Optimal Statistical Rates"): drop the beta fraction of largest and of
+smallest values of each coordinate, average the rest. Flower's FedTrimmedAvg; no client
+is excluded as a whole, so nobody is flagged.
+
+Note: Flower's FedTrimmedAvg pops the arrays out of the replies it aggregates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.serverapp import strategy as flwr_strategy
+from pydantic import Field
+
+from flowerbed.platform.registry import STRATEGIES
+
+from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
+from ..params import StrategyParams
+from flowerbed.platform.server_model import ServerModelHooks
+
+
+class TrimmedMeanParams(StrategyParams):
+    """Trimmed mean (Yin et al., 2018); beta as in Flower's FedTrimmedAvg."""
+
+    beta: float = Field(0.2, ge=0.0, lt=0.5, description="fraction of values cut from each tail of every coordinate")
+
+
+@STRATEGIES.register("trimmed-mean")
+class TrimmedMean(FlagsNobody, FlowerbedStrategy, flwr_strategy.FedTrimmedAvg):
+    """Flower's FedTrimmedAvg."""
+
+    name = "trimmed-mean"
+    Params = TrimmedMeanParams
+
+    def __init__(
+        self,
+        params: TrimmedMeanParams | Mapping[str, Any] | None = None,
+        *,
+        fraction_train: float = 1.0,
+        num_clients_per_round: int,
+        seed: int = 0,
+        root_data: ServerModelHooks | None = None,
+    ) -> None:
+        parsed = self.init_flowerbed(params, num_clients_per_round, seed)
+        flwr_strategy.FedTrimmedAvg.__init__(
+            self, beta=parsed.beta, **flower_kwargs(fraction_train, num_clients_per_round)
+        )
+
+    @classmethod
+    def check_params(cls, params: TrimmedMeanParams, num_clients_per_round: int) -> None:
+        if params.beta > 0 and int(params.beta * num_clients_per_round) == 0:
+            raise cls.param_error(
+                "beta",
+                f"beta={params.beta} trims no value with {num_clients_per_round} clients per round"
+                f" (needs beta >= {1 / num_clients_per_round:.3g}, or 0 for the plain mean)",
+            )

@@ -1,0 +1,224 @@
+"""Client updates as one tensor, and the geometry every defence computes on it.
+
+A round's replies are flattened once into a ``(clients x parameters)`` float32
+tensor of updates (local model - global model). Floating-point arrays come
+first in the flat vector; integer arrays (e.g. BatchNorm's
+``num_batches_tracked``) form a tail the defences leave alone: it is averaged
+over the accepted clients and rounded back. Distances and cosine similarities
+come from one Gram matrix, so pairwise work is a single matrix product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from flowerbed.platform.arrays import array_view
+
+from .detection import partition_ids_of
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """Where each array of a model's ArrayRecord lives in the flat vector."""
+
+    keys: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[np.dtype, ...]
+    offsets: tuple[int, ...]
+    num_floating: int
+    size: int
+
+    @classmethod
+    def of(cls, record: ArrayRecord) -> ArrayLayout:
+        """The layout of ``record``: floating arrays first (in key order), then the integer ones."""
+        keys = tuple(record.keys())
+        shapes = tuple(tuple(record[key].shape) for key in keys)
+        dtypes = tuple(np.dtype(record[key].dtype) for key in keys)
+        floating = [np.issubdtype(dtype, np.floating) for dtype in dtypes]
+        offsets = [0] * len(keys)
+        position = 0
+        for want_floating in (True, False):
+            for index, is_floating in enumerate(floating):
+                if is_floating == want_floating:
+                    offsets[index] = position
+                    position += int(np.prod(shapes[index], dtype=np.int64))
+        num_floating = sum(int(np.prod(s, dtype=np.int64)) for s, f in zip(shapes, floating, strict=True) if f)
+        return cls(keys, shapes, dtypes, tuple(offsets), num_floating, position)
+
+    def segment(self, index: int) -> slice:
+        """The slice of array ``index`` in the flat vector."""
+        return slice(self.offsets[index], self.offsets[index] + int(np.prod(self.shapes[index], dtype=np.int64)))
+
+    def floating_segments(self) -> Iterator[tuple[str, tuple[int, ...], slice]]:
+        """(key, shape, slice) of each floating-point array, in key order."""
+        for index, key in enumerate(self.keys):
+            if np.issubdtype(self.dtypes[index], np.floating):
+                yield key, self.shapes[index], self.segment(index)
+
+    def write(self, record: ArrayRecord, out: torch.Tensor, minus: torch.Tensor | None = None) -> None:
+        """Copy ``record`` (minus the flat vector ``minus``, if given) into the flat float32 vector ``out``."""
+        if set(record.keys()) != set(self.keys):
+            raise KeyError(f"array keys differ from the global model's: {sorted(set(record.keys()) ^ set(self.keys))}")
+        target = out.numpy()  # shares memory with ``out``
+        subtrahend = None if minus is None else minus.numpy()
+        for index, key in enumerate(self.keys):
+            values = array_view(record[key])
+            if tuple(values.shape) != self.shapes[index]:
+                raise ValueError(f"array '{key}' has shape {values.shape}, the global model {self.shapes[index]}")
+            segment = self.segment(index)
+            if subtrahend is None:
+                target[segment] = values.reshape(-1)
+            else:
+                np.subtract(values.reshape(-1), subtrahend[segment], out=target[segment], casting="unsafe")
+
+    def flatten(self, record: ArrayRecord) -> torch.Tensor:
+        """``record`` as one float32 vector."""
+        out = torch.empty(self.size, dtype=torch.float32)
+        self.write(record, out)
+        return out
+
+    def stack(self, records: Sequence[ArrayRecord], minus: torch.Tensor | None = None) -> torch.Tensor:
+        """``records`` (each minus ``minus``, if given) as a ``(len(records), size)`` float32 matrix."""
+        out = torch.empty(len(records), self.size, dtype=torch.float32)
+        for row, record in zip(out, records, strict=True):
+            self.write(record, row, minus)
+        return out
+
+    def to_arrayrecord(self, vector: torch.Tensor) -> ArrayRecord:
+        """The flat ``vector`` back as an ArrayRecord with the original keys, shapes and dtypes."""
+        flat = vector.detach().cpu().numpy()
+        arrays = {}
+        for index, key in enumerate(self.keys):
+            values = flat[self.segment(index)].reshape(self.shapes[index])
+            dtype = self.dtypes[index]
+            if not np.issubdtype(dtype, np.floating):
+                values = np.rint(values)
+            arrays[key] = Array(np.asarray(values.astype(dtype)))  # astype copies; asarray keeps 0-d an array
+        return ArrayRecord(arrays)
+
+
+@dataclass
+class UpdateBatch:
+    """One round's client updates, flattened once.
+
+    ``updates[i]`` is client ``i``'s model minus the global model; rows follow
+    the reply order. ``floating`` is the view of the floating-point part that
+    defences operate on.
+    """
+
+    layout: ArrayLayout
+    global_vector: torch.Tensor
+    updates: torch.Tensor
+    partition_ids: list[int]
+    num_examples: torch.Tensor
+    records: list[ArrayRecord]
+
+    @classmethod
+    def from_contents(
+        cls, contents: Sequence[RecordDict], global_arrays: ArrayRecord, weighted_by_key: str = "num-examples"
+    ) -> UpdateBatch:
+        """Flatten the replies' ArrayRecords and subtract the global model."""
+        layout = ArrayLayout.of(global_arrays)
+        records = [cast(ArrayRecord, next(iter(content.array_records.values()))) for content in contents]
+        global_vector = layout.flatten(global_arrays)
+        updates = layout.stack(records, minus=global_vector)
+        num_examples = torch.tensor(
+            [float(cast(float, next(iter(c.metric_records.values()), MetricRecord())[weighted_by_key])) for c in contents],
+            dtype=torch.float64,
+        )
+        return cls(layout, global_vector, updates, partition_ids_of(contents), num_examples, records)
+
+    @property
+    def num_clients(self) -> int:
+        return self.updates.shape[0]
+
+    @property
+    def floating(self) -> torch.Tensor:
+        """The floating-point coordinates of every update (a view, no copy)."""
+        return self.updates[:, : self.layout.num_floating]
+
+    @property
+    def example_weights(self) -> torch.Tensor:
+        """Each client's share of the round's training examples (FedAvg weights), float32."""
+        return (self.num_examples / self.num_examples.sum()).to(torch.float32)
+
+    def flatten_like(self, record: ArrayRecord) -> torch.Tensor:
+        """Another model (e.g. the server's root model) as an update against the global model."""
+        return self.layout.flatten(record).sub_(self.global_vector)
+
+    def to_arrays(self, update: torch.Tensor, accepted: torch.Tensor) -> ArrayRecord:
+        """The new global model: global + ``update`` on the floating part.
+
+        The integer tail moves by the example-weighted mean update of the
+        ``accepted`` clients (and stays put if none was accepted).
+        """
+        vector = self.global_vector.clone()
+        num_floating = self.layout.num_floating
+        vector[:num_floating] += update
+        if num_floating < self.layout.size and bool(accepted.any()):
+            weights = self.num_examples[accepted]
+            weights = (weights / weights.sum()).to(torch.float32)
+            vector[num_floating:] += weights @ self.updates[accepted, num_floating:]
+        return self.layout.to_arrayrecord(vector)
+
+
+def gram_matrix(x: torch.Tensor) -> torch.Tensor:
+    """``x @ x.T`` in float64 (one matrix product over all clients)."""
+    return (x @ x.T).double()
+
+
+def pairwise_sq_distances(x: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances between the rows of ``x`` (float64, zero diagonal)."""
+    gram = gram_matrix(x) if gram is None else gram
+    norms = gram.diagonal()
+    distances = (norms[:, None] + norms[None, :] - 2.0 * gram).clamp_(min=0.0)
+    distances.fill_diagonal_(0.0)
+    return distances
+
+
+def cosine_similarity_matrix(x: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarities between the rows of ``x`` (float64); a zero row is similar to nothing."""
+    gram = gram_matrix(x) if gram is None else gram
+    norms = gram.diagonal().clamp(min=0.0).sqrt()
+    denominator = norms[:, None] * norms[None, :]
+    return torch.where(denominator > 0, gram / denominator.clamp(min=1e-300), torch.zeros_like(gram)).clamp_(-1.0, 1.0)
+
+
+def clip_factors(norms: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:
+    """``min(1, bound / norm)`` per row: the factor that clips a vector to ``bound`` (1 for a zero vector)."""
+    bound = torch.as_tensor(bound, dtype=norms.dtype)
+    return torch.where(norms > bound, bound / norms.clamp(min=torch.finfo(norms.dtype).tiny), torch.ones_like(norms))
+
+
+def column_blocks(num_columns: int, block: int = 1 << 16) -> Iterator[slice]:
+    """Column slices of at most ``block`` coordinates: bounded, cache-sized temporaries in coordinate-wise rules."""
+    for start in range(0, num_columns, block):
+        yield slice(start, min(start + block, num_columns))
+
+
+def distances_to(points: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of every row of ``points`` to ``center`` (float64).
+
+    Exact differences (no ``|x|^2 - 2x.c + |c|^2`` cancellation), taken in cache-sized
+    column blocks whose squared norms are accumulated in float64.
+    """
+    squared = torch.zeros(points.shape[0], dtype=torch.float64)
+    for block in column_blocks(points.shape[1]):
+        squared += torch.linalg.vector_norm(points[:, block] - center[block], dim=1).double().square()
+    return squared.sqrt()
+
+
+def median_clipped_mean(updates: torch.Tensor, accepted: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Mean of the ``accepted`` updates, each clipped to the median norm of all updates (FLAME, DeepSight).
+
+    Returns the mean and the clipping bound. ``norms`` are the updates' L2 norms.
+    """
+    bound = torch.quantile(norms.double(), 0.5)
+    coefficients = accepted.double() * clip_factors(norms.double(), bound) / accepted.sum().clamp(min=1)
+    return coefficients.to(updates.dtype) @ updates, float(bound)

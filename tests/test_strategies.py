@@ -1,0 +1,437 @@
+"""flowerbed strategies through Flower's Message API: Flower parity, detection reports, validation, sanitising."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import strategy as flwr_strategy
+from flwr.supercore.task_identity import TaskIdentity
+
+from flowerbed.platform.registry import STRATEGIES
+from flowerbed.platform.sanitize import sanitize_replies
+from flowerbed.platform.server_model import ServerModelHooks
+
+SHAPES = {"hidden.weight": (6, 5), "hidden.bias": (6,), "out.weight": (4, 6), "out.bias": (4,)}
+FLOAT_SIZE = sum(math.prod(shape) for shape in SHAPES.values())
+COUNTER = "bn.num_batches_tracked"
+NUM_HONEST, NUM_ATTACKERS = 7, 3
+NUM_CLIENTS = NUM_HONEST + NUM_ATTACKERS
+ATTACKERS = list(range(NUM_HONEST, NUM_CLIENTS))
+PID_OFFSET = 20  # partition ids 20..29, so ids are not confused with row indices
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Messages need the identity Flower's runtime sets for a ServerApp process."""
+    for attribute, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, attribute, value)
+
+
+class FakeGrid:
+    """The part of Flower's Grid that FedAvg.configure_train uses."""
+
+    def get_node_ids(self):
+        return list(range(1, NUM_CLIENTS + 1))
+
+
+def global_model() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    arrays = {key: rng.normal(size=shape).astype(np.float32) for key, shape in list(SHAPES.items())[:2]}
+    arrays[COUNTER] = np.array(100, dtype=np.int64)  # an integer array between float ones
+    arrays.update({key: rng.normal(size=shape).astype(np.float32) for key, shape in list(SHAPES.items())[2:]})
+    return arrays
+
+
+def split(vector: np.ndarray) -> dict[str, np.ndarray]:
+    out, offset = {}, 0
+    for key, shape in SHAPES.items():
+        size = math.prod(shape)
+        out[key] = vector[offset : offset + size].reshape(shape)
+        offset += size
+    return out
+
+
+def flat(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(arrays[key], dtype=np.float64).ravel() for key in SHAPES])
+
+
+def output_layer_vector(weight: np.ndarray, bias: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    return np.concatenate([hidden, weight.ravel(), bias])
+
+
+def scenario_updates(kind: str = "aligned", seed: int = 1) -> np.ndarray:
+    """Float updates (clients x FLOAT_SIZE): rows 0..6 honest, 7..9 attackers.
+
+    aligned: honest updates share one direction (norms 0.8x..1.2x) whose output layer
+    spreads its energy evenly over the 4 labels; attackers share another direction
+    that concentrates the output layer on label 0 and is three times as long.
+    diverse: honest updates are independent; the attackers are three identical sybils.
+    """
+    rng = np.random.default_rng(seed)
+    hidden_size = 36
+    if kind == "aligned":
+        honest_direction = output_layer_vector(
+            0.1 * rng.choice([-1.0, 1.0], size=(4, 6)), np.full(4, 0.1), 0.1 * rng.normal(size=hidden_size)
+        )
+        honest = np.linspace(0.8, 1.2, NUM_HONEST)[:, None] * honest_direction
+        attack_weight = np.full((4, 6), 0.001)
+        attack_weight[0] = 0.5
+        attack_direction = output_layer_vector(
+            attack_weight, np.array([1.0, 0.001, 0.001, 0.001]), 0.3 * rng.normal(size=hidden_size)
+        )
+        attackers = attack_direction + 0.001 * rng.normal(size=(NUM_ATTACKERS, FLOAT_SIZE))
+    elif kind == "diverse":
+        honest = 0.1 * rng.normal(size=(NUM_HONEST, FLOAT_SIZE))
+        attackers = np.tile(0.1 * rng.normal(size=FLOAT_SIZE), (NUM_ATTACKERS, 1))
+    else:
+        raise ValueError(kind)
+    return np.vstack([honest, attackers])
+
+
+def client_models(
+    updates: np.ndarray, base: dict[str, np.ndarray], counter_step: int = 1
+) -> list[dict[str, np.ndarray]]:
+    """Client models = global + update; client i's integer counter advanced by 10 + i * counter_step."""
+    models = []
+    for index, row in enumerate(updates):
+        model = {key: (base[key] + value).astype(np.float32) for key, value in split(row).items()}
+        model[COUNTER] = np.array(int(base[COUNTER]) + 10 + index * counter_step, dtype=np.int64)
+        models.append(model)
+    return models
+
+
+def make_reply(arrays: dict[str, np.ndarray], partition_id: int, num_examples: int = 10) -> Message:
+    ordered = {key: Array(np.asarray(arrays[key])) for key in global_model()}
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(ordered),
+            "metrics": MetricRecord({"num-examples": num_examples, "partition-id": partition_id, "train_loss": 0.5}),
+        }
+    )
+    return Message(content=content, dst_node_id=partition_id + 1, message_type=MessageType.TRAIN)
+
+
+def make_replies(models: list[dict[str, np.ndarray]]) -> list[Message]:
+    return [make_reply(model, PID_OFFSET + i, num_examples=10 + i) for i, model in enumerate(models)]
+
+
+def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({key: Array(np.asarray(value)) for key, value in arrays.items()})
+
+
+def as_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {key: array.numpy() for key, array in record.items()}
+
+
+def run_round(strategy, base: dict[str, np.ndarray], models: list[dict[str, np.ndarray]], server_round: int = 1):
+    global_record = to_record(base)
+    messages = strategy.configure_train(server_round, global_record, ConfigRecord(), FakeGrid())
+    assert len(list(messages)) == NUM_CLIENTS
+    return strategy.aggregate_train(server_round, make_replies(models))
+
+
+def predict(arrays: ArrayRecord, inputs: torch.Tensor) -> torch.Tensor:
+    """The test model: 5 -> 6 (ReLU) -> 4 labels."""
+    tensors = {key: torch.from_numpy(array.numpy()) for key, array in arrays.items()}
+    hidden = torch.relu(inputs @ tensors["hidden.weight"].T + tensors["hidden.bias"])
+    return torch.softmax(hidden @ tensors["out.weight"].T + tensors["out.bias"], dim=1)
+
+
+def hooks(base: dict[str, np.ndarray], root_update: np.ndarray) -> ServerModelHooks:
+    root_model = {**base, **{k: (base[k] + v).astype(np.float32) for k, v in split(root_update).items()}}
+    return ServerModelHooks(root_update=lambda arrays, rnd: to_record(root_model), predict=predict, input_shape=(5,))
+
+
+def build(name: str, params=None, **kwargs):
+    return STRATEGIES.get(name)(params, fraction_train=1.0, num_clients_per_round=NUM_CLIENTS, seed=7, **kwargs)
+
+
+ALL_NAMES = [
+    "fedavg", "krum", "multi-krum", "bulyan", "median", "trimmed-mean", "dp-fixed-clipping", "norm-clipping",
+    "flame", "foolsgold", "fltrust", "rlr", "rfa", "centered-clipping", "deepsight", "freqfed",
+]  # fmt: skip
+
+
+def test_every_defence_is_registered_under_its_own_name():
+    assert sorted(ALL_NAMES) == [name for name in STRATEGIES.names() if name in ALL_NAMES]
+    for name in ALL_NAMES:
+        assert STRATEGIES.get(name).name == name  # error messages name strategy.<name>.<param>
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_every_strategy_runs_a_round_and_reports(name):
+    base = global_model()
+    updates = scenario_updates("aligned")
+    params = {"num-malicious": 1} if name in {"krum", "multi-krum", "bulyan"} else None
+    strategy = build(name, params, root_data=hooks(base, updates[0]))
+    arrays, metrics = run_round(strategy, base, client_models(updates, base))
+    assert arrays is not None and list(arrays.keys()) == list(base.keys())
+    for key, value in as_numpy(arrays).items():
+        assert value.shape == base[key].shape and np.isfinite(value).all()
+    assert metrics is not None and "partition-id" not in metrics and "train_loss" in metrics
+    assert isinstance(strategy.last_flagged, list) and isinstance(strategy.last_weights, dict)
+    assert set(strategy.last_flagged) <= set(range(PID_OFFSET, PID_OFFSET + NUM_CLIENTS))
+
+
+# ---------------------------------------------------------------- same aggregate as Flower's own strategy
+
+FLOWER_TWINS = [
+    ("fedavg", None, lambda: flwr_strategy.FedAvg()),
+    ("krum", {"num-malicious": 2}, lambda: flwr_strategy.Krum(num_malicious_nodes=2)),
+    (
+        "multi-krum",
+        {"num-malicious": 2, "num-selected": 5},
+        lambda: flwr_strategy.MultiKrum(num_malicious_nodes=2, num_nodes_to_select=5),
+    ),
+    ("bulyan", {"num-malicious": 1}, lambda: flwr_strategy.Bulyan(num_malicious_nodes=1)),
+    ("median", None, lambda: flwr_strategy.FedMedian()),
+    ("trimmed-mean", {"beta": 0.2}, lambda: flwr_strategy.FedTrimmedAvg(beta=0.2)),
+]
+
+
+@pytest.mark.parametrize(("name", "params", "flower"), FLOWER_TWINS, ids=[t[0] for t in FLOWER_TWINS])
+def test_aggregate_equals_flowers(name, params, flower):
+    base = global_model()
+    models = client_models(scenario_updates("aligned"), base)
+    ours, _ = run_round(build(name, params), base, models)
+    theirs, _ = flower().aggregate_train(1, make_replies(models))
+    for key in base:
+        np.testing.assert_array_equal(as_numpy(ours)[key], as_numpy(theirs)[key])
+
+
+def test_dp_fixed_clipping_equals_flowers_wrapper_without_noise():
+    base = global_model()
+    models = client_models(scenario_updates("aligned"), base)
+    ours, _ = run_round(build("dp-fixed-clipping", {"noise-multiplier": 0.0, "clipping-norm": 0.5}), base, models)
+    flower = flwr_strategy.DifferentialPrivacyServerSideFixedClipping(
+        flwr_strategy.FedAvg(), noise_multiplier=0.0, clipping_norm=0.5, num_sampled_clients=NUM_CLIENTS
+    )
+    flower.configure_train(1, to_record(base), ConfigRecord(), FakeGrid())
+    theirs, _ = flower.aggregate_train(1, make_replies(models))
+    for key in base:
+        np.testing.assert_allclose(as_numpy(ours)[key], as_numpy(theirs)[key], rtol=1e-6)
+
+
+def test_dp_fixed_clipping_noise_is_seeded_and_has_flowers_std():
+    base = {"w": np.zeros(20_000, dtype=np.float32)}
+    local = {"w": np.full(20_000, 0.001, dtype=np.float32)}  # norm 0.14, below the clipping norm
+    replies = lambda: [  # noqa: E731
+        Message(
+            content=RecordDict(
+                {"arrays": to_record(local), "metrics": MetricRecord({"num-examples": 1, "partition-id": i})}
+            ),
+            dst_node_id=i + 1,
+            message_type=MessageType.TRAIN,
+        )
+        for i in range(NUM_CLIENTS)
+    ]
+
+    def noisy(seed: int, server_round: int) -> np.ndarray:
+        strategy = STRATEGIES.get("dp-fixed-clipping")(
+            {"noise-multiplier": 1.0, "clipping-norm": 2.0}, num_clients_per_round=NUM_CLIENTS, seed=seed
+        )
+        strategy.configure_train(server_round, to_record(base), ConfigRecord(), FakeGrid())
+        return strategy.aggregate_train(server_round, replies())[0]["w"].numpy()
+
+    first = noisy(0, 1)
+    assert (first - 0.001).std() == pytest.approx(1.0 * 2.0 / NUM_CLIENTS, rel=0.03)
+    np.testing.assert_array_equal(first, noisy(0, 1))
+    assert not np.array_equal(first, noisy(0, 2)) and not np.array_equal(first, noisy(1, 1))
+
+
+def test_trimmed_mean_matches_scipy_and_median_ignores_a_far_outlier():
+    base = global_model()
+    updates = scenario_updates("aligned")
+    updates[-1] = 1e4  # one absurd client
+    models = client_models(updates, base)
+    stacked = np.stack([flat(model) for model in models])
+    trimmed, _ = run_round(build("trimmed-mean", {"beta": 0.2}), base, models)
+    np.testing.assert_allclose(flat(as_numpy(trimmed)), scipy.stats.trim_mean(stacked, 0.2, axis=0), rtol=1e-5)
+    median, _ = run_round(build("median"), base, models)
+    np.testing.assert_allclose(flat(as_numpy(median)), np.median(stacked, axis=0), rtol=1e-6)
+    assert np.abs(flat(as_numpy(median)) - flat(base)).max() < 2  # the outlier moved nothing far
+
+
+# ---------------------------------------------------------------- detection: flagged ids match the attackers
+
+
+def attacker_ids() -> list[int]:
+    return [PID_OFFSET + i for i in ATTACKERS]
+
+
+# Flower's Krum family measures distances between whole ArrayRecords, integer arrays included:
+# the clients here advance BatchNorm's counter equally (counter_step=0), as equal partitions would.
+
+
+def test_krum_selects_an_honest_client_and_flags_the_rest():
+    base = global_model()
+    strategy = build("krum", {"num-malicious": 3})
+    arrays, _ = run_round(strategy, base, client_models(scenario_updates("aligned"), base, counter_step=0))
+    (kept,) = set(range(PID_OFFSET, PID_OFFSET + NUM_CLIENTS)) - set(strategy.last_flagged)
+    assert kept - PID_OFFSET < NUM_HONEST
+    assert set(attacker_ids()) <= set(strategy.last_flagged)
+
+
+@pytest.mark.parametrize("name", ["multi-krum", "bulyan"])
+def test_multi_krum_and_bulyan_flag_the_attackers(name):
+    base = global_model()
+    strategy = build(name, {"num-malicious": 3} if name == "multi-krum" else {"num-malicious": 1})
+    run_round(strategy, base, client_models(scenario_updates("aligned"), base, counter_step=0))
+    if name == "multi-krum":  # keeps n - f = 7 clients: the honest ones
+        assert strategy.last_flagged == attacker_ids()
+    else:  # Bulyan's Multi-Krum step keeps n - 2f = 8: the 7 honest ones and one attacker
+        assert len(strategy.last_flagged) == 2 and set(strategy.last_flagged) <= set(attacker_ids())
+
+
+@pytest.mark.parametrize("name", ["flame", "freqfed", "deepsight"])
+def test_clustering_defences_flag_the_separated_group(name):
+    base = global_model()
+    updates = scenario_updates("aligned")
+    strategy = build(name, {"num-samples": 500} if name == "deepsight" else None, root_data=hooks(base, updates[0]))
+    arrays, _ = run_round(strategy, base, client_models(updates, base))
+    assert strategy.last_flagged == attacker_ids()
+    moved = flat(as_numpy(arrays)) - flat(base)
+    honest_direction = updates[0] / np.linalg.norm(updates[0])
+    # The new model moved along the honest direction only (FLAME adds tiny noise).
+    assert abs(moved @ honest_direction) / np.linalg.norm(moved) > 0.999
+
+
+def test_flame_through_aggregate_train_equals_the_paper_equations():
+    base = global_model()
+    updates = scenario_updates("aligned")
+    models = client_models(updates, base)
+    arrays, _ = run_round(build("flame", {"noise-lambda": 0.0}), base, models)
+    applied = np.stack([flat(model) for model in models]) - flat(base)  # the float32 updates the server sees
+    norms = np.linalg.norm(applied, axis=1)
+    clipped = applied[:NUM_HONEST] * np.minimum(1, np.median(norms) / norms[:NUM_HONEST])[:, None]
+    np.testing.assert_allclose(flat(as_numpy(arrays)), flat(base) + clipped.mean(axis=0), atol=1e-5)
+    # The integer counter moves by the example-weighted mean of the accepted clients' counters.
+    weights = np.arange(10, 10 + NUM_HONEST, dtype=float)
+    expected_counter = 100 + round(weights @ np.arange(10, 10 + NUM_HONEST) / weights.sum())
+    assert as_numpy(arrays)[COUNTER].dtype == np.int64 and int(as_numpy(arrays)[COUNTER]) == expected_counter
+
+
+def test_foolsgold_down_weights_identical_sybils():
+    base = global_model()
+    strategy = build("foolsgold")
+    run_round(strategy, base, client_models(scenario_updates("diverse"), base))
+    assert strategy.last_flagged == attacker_ids()
+    assert all(strategy.last_weights[pid] == 0 for pid in attacker_ids())
+    assert all(strategy.last_weights[PID_OFFSET + i] > 0 for i in range(NUM_HONEST))
+
+
+def test_fltrust_uses_the_root_update_and_flags_opposed_clients():
+    base = global_model()
+    updates = scenario_updates("aligned")
+    updates[ATTACKERS] = -updates[0]  # the attackers push against the root direction
+    strategy = build("fltrust", root_data=hooks(base, updates[0]))
+    arrays, _ = run_round(strategy, base, client_models(updates, base))
+    assert strategy.last_flagged == attacker_ids()
+    moved = flat(as_numpy(arrays)) - flat(base)
+    # Every honest update points along the root update and is rescaled to its norm.
+    np.testing.assert_allclose(moved, updates[0], rtol=1e-4, atol=1e-6)
+
+
+def test_norm_clipping_bounds_the_aggregate_and_rlr_flips_disputed_coordinates():
+    base = global_model()
+    models = client_models(scenario_updates("aligned") * 10, base)
+    arrays, _ = run_round(build("norm-clipping", {"norm-bound": 0.5}), base, models)
+    assert np.linalg.norm(flat(as_numpy(arrays)) - flat(base)) <= 0.5 + 1e-5
+    updates = scenario_updates("aligned")
+    rlr = build("rlr", {"threshold": 8})
+    arrays, _ = run_round(rlr, base, client_models(updates, base))
+    moved = flat(as_numpy(arrays)) - flat(base)
+    agreement = np.abs(np.sign(updates).sum(axis=0))
+    weights = np.arange(10, 10 + NUM_CLIENTS) / np.arange(10, 10 + NUM_CLIENTS).sum()
+    np.testing.assert_allclose(moved, np.where(agreement >= 8, 1, -1) * (weights @ updates), atol=1e-5)
+    assert rlr.last_flipped_fraction == pytest.approx(np.mean(agreement < 8))
+    assert rlr.last_flagged == []
+
+
+def test_centered_clipping_remembers_the_previous_aggregate():
+    base = global_model()
+    updates = scenario_updates("aligned")
+    strategy = build("centered-clipping", {"tau": 0.2})
+    first, _ = run_round(strategy, base, client_models(updates, base))
+    moved = flat(as_numpy(first)) - flat(base)
+    assert np.linalg.norm(moved) <= 0.2 + 1e-5
+    second, _ = run_round(strategy, base, client_models(updates, base), server_round=2)
+    # Round 2 starts from round 1's aggregate, so it moves further towards the updates.
+    assert np.linalg.norm(flat(as_numpy(second)) - flat(base)) > np.linalg.norm(moved)
+
+
+# ---------------------------------------------------------------- parameter validation names the key
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "clients", "key"),
+    [
+        ("krum", {"num-malicious": 4}, 10, "strategy.krum.num-malicious"),
+        ("multi-krum", {"num-selected": 11}, 10, "strategy.multi-krum.num-selected"),
+        ("bulyan", {"num-malicious": 2}, 10, "strategy.bulyan.num-malicious"),
+        ("trimmed-mean", {"beta": 0.5}, 10, "strategy.trimmed-mean.beta"),
+        ("trimmed-mean", {"beta": 0.05}, 10, "strategy.trimmed-mean.beta"),
+        ("rlr", {"threshold": 11}, 10, "strategy.rlr.threshold"),
+        ("flame", {"noise-lambda": -1}, 10, "strategy.flame.noise-lambda"),
+        ("norm-clipping", {"norm-bund": 1}, 10, "strategy.norm-clipping.norm-bund"),
+        ("deepsight", {"tau": 0}, 10, "strategy.deepsight.tau"),
+    ],
+)
+def test_inconsistent_params_raise_naming_the_key(name, params, clients, key):
+    cls = STRATEGIES.get(name)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        cls.validate_params(params, clients)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        cls(params, num_clients_per_round=clients, seed=0)
+
+
+def test_valid_params_parse_with_aliases_and_paper_defaults():
+    assert STRATEGIES.get("krum").validate_params({"num-malicious": 3}, 10).num_malicious == 3
+    assert STRATEGIES.get("bulyan").validate_params(None, 7).num_malicious == 1
+    assert STRATEGIES.get("flame").Params().noise_lambda == 0.001
+    assert STRATEGIES.get("deepsight").Params().tau == pytest.approx(1 / 3)
+    assert STRATEGIES.get("rfa").Params().smoothing == 1e-6
+
+
+def test_fltrust_without_root_data_names_what_it_needs():
+    with pytest.raises(ValueError, match="root_update"):
+        build("fltrust")
+
+
+# ---------------------------------------------------------------- sanitising replies
+
+
+def test_sanitize_drops_malformed_replies_with_reasons():
+    base = global_model()
+    good = client_models(scenario_updates("aligned"), base)
+    nan = {**good[1], "out.bias": np.array([np.nan, 0, 0, 0], dtype=np.float32)}
+    wrong_shape = {**good[2], "out.bias": np.zeros(5, dtype=np.float32)}
+    wrong_dtype = {**good[3], "out.bias": np.zeros(4, dtype=np.float64)}
+    no_pid = make_reply(good[4], 4)
+    no_pid.content["metrics"] = MetricRecord({"num-examples": 10})
+    failed = Message(Error(code=0, reason="boom"), reply_to=make_reply(good[5], 5))
+    replies = [
+        make_reply(good[0], 0),
+        make_reply(nan, 1),
+        make_reply(wrong_shape, 2),
+        make_reply(wrong_dtype, 3),
+        no_pid,
+        failed,
+        make_reply(good[6], 0),  # duplicate partition id
+        make_reply(good[7], 7, num_examples=0),
+        make_reply(good[8], 8),
+    ]
+    kept, dropped = sanitize_replies(replies, to_record(base))
+    assert [reply.content["metrics"]["partition-id"] for reply in kept] == [0, 8]
+    reasons = [(d.partition_id, d.reason) for d in dropped]
+    assert reasons[0] == (1, "array 'out.bias' has NaN or Inf values")
+    assert "shape (5,)" in reasons[1][1] and "dtype float64" in reasons[2][1]
+    assert reasons[3] == (None, "metric 'partition-id' missing or not an integer")
+    assert reasons[4] == (None, "client error: boom")
+    assert reasons[5] == (0, "duplicate partition-id 0")
+    assert reasons[6][0] == 7 and "num-examples" in reasons[6][1]
