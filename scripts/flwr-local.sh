@@ -20,8 +20,9 @@ export FLWR_LOCAL_SUPERLINK_HTTP_API_PORT="${FLWR_LOCAL_SUPERLINK_HTTP_API_PORT:
 PORT="$FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"
 PYTHON="${PYTHON:-python}"
 
-# The federation needs as many simulated nodes as the run config has clients.
-NUM_CLIENTS="$("$PYTHON" -m flowerbed.platform.cli num-clients -- "$@")"
+# Validate the run config first (bad input fails here, naming the key); the federation
+# needs as many simulated nodes as the run config has clients.
+NUM_CLIENTS="$("$PYTHON" -m flowerbed.platform.cli check-flwr-args -- "$@")"
 FEDERATION_CONFIG="num-supernodes=$NUM_CLIENTS client-resources-num-cpus=${CPUS_PER_CLIENT:-1}"
 
 mkdir -p "$FLWR_HOME/local-superlink"

@@ -75,6 +75,7 @@ def test_cli_overrides_parse_toml_values():
     assert parse_assignment("partition.alpha=0.1") == ("partition.alpha", 0.1)
     assert parse_assignment("attack.name=dmba") == ("attack.name", "dmba")
     assert flwr_run_overrides(["--run-config", "num-clients=4 lr=0.1"]) == {"num-clients": 4, "lr": 0.1}
+    assert flwr_run_overrides(["--stream", "-c", "seed=3"]) == {"seed": 3}
 
 
 def test_cli_reports_bad_config_without_traceback(tmp_path):

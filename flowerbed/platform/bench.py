@@ -743,8 +743,7 @@ def _heatmap(matrix: list[list[float | None]], rows: list[str], columns: list[st
 
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
     figure, axis = plt.subplots(figsize=(1.1 * len(columns) + 2.5, 0.45 * len(rows) + 1.6))
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("lightgrey")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
     image = axis.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     axis.set_xticks(range(len(columns)), columns, rotation=35, ha="right")
     axis.set_yticks(range(len(rows)), rows)

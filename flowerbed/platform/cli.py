@@ -149,12 +149,14 @@ def flwr_run_overrides(arguments: list[str]) -> dict[str, Any]:
     return flat
 
 
-def _command_num_clients(args: argparse.Namespace) -> int:
-    """Print the ``num-clients`` a ``flwr run`` argument list asks for (scripts/flwr-local.sh uses it)."""
-    from flowerbed.platform.config import RunConfig
+def _command_check_flwr_args(args: argparse.Namespace) -> int:
+    """Validate a ``flwr run`` argument list's run config and print its ``num-clients``.
 
-    overrides = flwr_run_overrides(args.flwr_args)
-    print(int(overrides.get("num-clients", RunConfig().num_clients)))
+    scripts/flwr-local.sh calls this before starting a SuperLink, so bad input fails
+    in a second with the key named, and the federation gets the right size.
+    """
+    config = parse_run_config(flwr_run_overrides(args.flwr_args))
+    print(config.num_clients)
     return 0
 
 
@@ -182,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--pyproject", action="store_true", help="print [tool.flwr.app.config] with every default")
     config.set_defaults(handler=_command_config)
 
-    num_clients = commands.add_parser("num-clients", help=argparse.SUPPRESS)
-    num_clients.add_argument("flwr_args", nargs=argparse.REMAINDER)
-    num_clients.set_defaults(handler=_command_num_clients)
+    check = commands.add_parser("check-flwr-args", help=argparse.SUPPRESS)
+    check.add_argument("flwr_args", nargs=argparse.REMAINDER)
+    check.set_defaults(handler=_command_check_flwr_args)
 
     try:
         from flowerbed.platform.bench import add_bench_command

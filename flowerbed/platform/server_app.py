@@ -60,6 +60,11 @@ def open_run_folder(config: RunConfig) -> Path:
     """A new run folder, or the one being resumed (whose config must match)."""
     if not config.resume:
         return new_run_dir(config.output_dir, config.experiment)
+    return check_resume(config)
+
+
+def check_resume(config: RunConfig) -> Path:
+    """The run folder ``resume`` names, after checking that its saved config matches this one."""
     run_dir = Path(config.resume).expanduser().resolve()
     saved_path = run_dir / CONFIG
     if not saved_path.exists():

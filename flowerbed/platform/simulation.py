@@ -12,7 +12,7 @@ import warnings
 from typing import Any
 
 from flowerbed.platform.config import RunConfig, parse_run_config
-from flowerbed.platform.server_app import RunOutcome, make_server_app
+from flowerbed.platform.server_app import RunOutcome, check_resume, make_server_app
 
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -30,6 +30,8 @@ def run_experiment(config: RunConfig | dict[str, Any], quiet: bool = False) -> R
     """
     if not isinstance(config, RunConfig):
         config = parse_run_config(config)
+    if config.resume:
+        check_resume(config)  # fail before starting the simulation engine
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     from flwr.simulation import run_simulation
