@@ -38,7 +38,11 @@ metrics.jsonl), never from memory: ``results.csv`` (one row per cell),
 ``results.md`` (mean ± sample std over seeds), ``heatmap_asr.png`` (defence ×
 attack, mean final ASR), ``heatmap_clean_acc.png`` and
 ``plots/asr_rounds_<defence>.png`` (ASR and clean accuracy over rounds, one line
-per attack, mean over seeds with a min–max band).
+per attack, mean over seeds with a min–max band). In results.csv, ``seconds`` is
+the run's summed round time (summary.json) and ``wall_seconds`` the bench's
+clock for the cell's last attempt (Ray start-up included); per-backdoor columns
+are ``<backdoor>.<final_asr|max_asr|asr_plus_10|asr_plus_30|last_attack_round>``
+and stay empty where a cell has no such backdoor.
 """
 
 from __future__ import annotations
@@ -59,7 +63,15 @@ from pathlib import Path
 from typing import Any
 
 from flowerbed.platform.config import ConfigError, RunConfig, flatten, parse_run_config
-from flowerbed.platform.recorder import ATTACKERS, CHECKPOINT, CONFIG, SUMMARY, atomic_write_bytes, atomic_write_json, read_metrics
+from flowerbed.platform.recorder import (
+    ATTACKERS,
+    CHECKPOINT,
+    CONFIG,
+    SUMMARY,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_metrics,
+)
 
 GRID_KEYS = ("name", "seeds", "base", "attacks", "defences")
 # Run keys the bench sets itself for every cell.
@@ -93,6 +105,7 @@ BASE_COLUMNS = (
     "detection_recall",
     "detection_fpr",
     "seconds",
+    "wall_seconds",
     "run_dir",
     "error",
 )
@@ -356,7 +369,9 @@ def plan_grid(grid: Grid, out: Path, only: str | None = None) -> tuple[list[Plan
     """Validate every cell of the grid (all of them, also those ``--only`` leaves out) and check
     existing runs against it. Return (every cell, the selected cells); raise :class:`ConfigError`
     listing every problem (a problem shared by several cells is listed once, with its cells)."""
+    from flowerbed.platform.registry import WORKLOADS
     from flowerbed.platform.roles import build_attack_plan
+    from flowerbed.platform.server_app import build_strategy
 
     out = Path(out).expanduser().resolve()
     problems: dict[str, list[str]] = {}
@@ -366,8 +381,17 @@ def plan_grid(grid: Grid, out: Path, only: str | None = None) -> tuple[list[Plan
         try:
             config = parse_run_config(cell.flat_config(cell_dir))
             build_attack_plan(config)  # per-attacker checks (triggers, attack parameters)
-        except ConfigError as error:
-            for problem in error.problems:
+            # Loads the dataset (once per process): missing data files fail here, before any cell runs.
+            workload = WORKLOADS.get(config.workload.name)(config, config.plugin_params("workload", config.workload.name))
+            build_strategy(config, workload)  # the defence's own checks (e.g. Bulyan's n >= 4f + 3)
+            if cell.attack != NO_ATTACK and config.attack.num_attackers == 0:
+                problem = (
+                    f"grid key 'attacks.{cell.attack}': attack.num-attackers is 0, so the cell has no attacker "
+                    f"(set it, or label a clean setting '{NO_ATTACK}')"
+                )
+                raise ConfigError([problem])
+        except (ValueError, FileNotFoundError) as error:  # ConfigError is a ValueError; missing data files
+            for problem in error.problems if isinstance(error, ConfigError) else [str(error)]:
                 problems.setdefault(problem, []).append(cell.name)
             continue
         state = inspect_cell(cell_dir)
@@ -414,12 +438,19 @@ def run_cell(planned: PlannedCell, runner: Runner, verbose: bool = False) -> str
     config = planned.config
     if planned.state.partial is not None:
         config = parse_run_config({**config.to_flat(), "resume": str(planned.state.partial)})
-    record = {"cell": cell.name, "attack": cell.attack, "defence": cell.defence, "seed": cell.seed, "overrides": cell.overrides}
-    atomic_write_json(cell_dir / CELL_RECORD, {**record, "status": "running", "resumed_from": str(planned.state.partial or "")})
+    record = {
+        "cell": cell.name,
+        "attack": cell.attack,
+        "defence": cell.defence,
+        "seed": cell.seed,
+        "overrides": cell.overrides,
+        "resumed_from": str(planned.state.partial or ""),
+    }
+    atomic_write_json(cell_dir / CELL_RECORD, {**record, "status": "running"})
     began = time.perf_counter()
     try:
         runner(config, not verbose)
-    except Exception as error:  # a failing cell is recorded and the grid goes on
+    except Exception as error:  # noqa: BLE001 - a failing cell is recorded and the grid goes on
         message = f"{type(error).__name__}: {error}".strip()
         atomic_write_bytes(cell_dir / ERROR_LOG, traceback.format_exc().encode())
         atomic_write_json(
@@ -542,17 +573,19 @@ def cell_row(entry: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
     best = summary.get("best", {})
     row["best_clean_acc"] = best.get("value", "") if best.get("metric") == "clean_acc" else ""
     row["seconds"] = summary.get("seconds_total", "")
-    for key, value in summary.get("detection", {}).items():
-        row[f"detection_{key}"] = value
+    row["wall_seconds"] = record.get("seconds", "") if record.get("status") == "done" else ""
+    detection = summary.get("detection", {})
+    for key in ("precision", "recall", "fpr"):
+        row[f"detection_{key}"] = detection.get(key, "")
     backdoors = summary.get("backdoors", {})
-    row["backdoors"] = {name: {f: entry.get(f, "") for f in BACKDOOR_FIELDS} for name, entry in backdoors.items()}
+    row["backdoors"] = {name: {f: scores.get(f, "") for f in BACKDOOR_FIELDS} for name, scores in backdoors.items()}
     for column, fieldname in (
         ("asr_final_mean", "final_asr"),
         ("asr_max_mean", "max_asr"),
         ("asr_plus_10_mean", "asr_plus_10"),
         ("asr_plus_30_mean", "asr_plus_30"),
     ):
-        values = [entry[fieldname] for entry in backdoors.values() if isinstance(entry.get(fieldname), (int, float))]
+        values = [scores[fieldname] for scores in backdoors.values() if isinstance(scores.get(fieldname), (int, float))]
         # The mean over backdoors only when every backdoor has the value (no mean of a subset).
         row[column] = float(sum(values) / len(values)) if values and len(values) == len(backdoors) else ""
     return row
@@ -641,6 +674,17 @@ def _groups(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> list[tuple[
     return groups
 
 
+EXPLANATION = (
+    "Made by `flowerbed bench` from the run folders under `cells/` (summary.json, metrics.jsonl). "
+    "Values are mean ± sample standard deviation over the finished seeds (one seed: the value alone; "
+    "`(n/N)`: only n of the N finished seeds have it). ASR is the final-round attack success rate, "
+    "averaged over an attack's backdoors in the overview; *ASR +30* is the ASR 30 rounds after a "
+    "backdoor's last attack round (— when the run ends sooner). Detection scores are pooled over all "
+    "rounds of a run; precision is — when the defence flagged nobody, and all three are — for a "
+    "strategy that does not report whom it flagged."
+)
+
+
 def _count(items: list, noun: str) -> str:
     return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
@@ -658,13 +702,7 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
         + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         + ".",
         "",
-        "Made by `flowerbed bench` from the run folders under `cells/` (summary.json, metrics.jsonl). "
-        "Values are mean ± sample standard deviation over the finished seeds (one seed: the value alone; "
-        "`(n/N)`: only n of the N finished seeds have it). ASR is the final-round attack success rate, "
-        "averaged over an attack's backdoors in the overview; *ASR +30* is the ASR 30 rounds after a "
-        "backdoor's last attack round (— when the run ends sooner). Detection scores are pooled over all "
-        "rounds of a run; precision is — when the defence flagged nobody, and all three are — for a "
-        "strategy that does not report whom it flagged.",
+        EXPLANATION,
         "",
         "## Overview",
         "",
@@ -890,7 +928,8 @@ def _command_bench(args: argparse.Namespace) -> int:
     if args.dry_run:
         planned, selected = plan_grid(grid, out, args.only)
         table = Table(title=f"bench {grid.name}: {len(selected)} of {len(planned)} cells (output {out})")
-        for column in ("cell", "status", "strategy", "attack", "rounds"):
+        table.add_column("cell", no_wrap=True)
+        for column in ("status", "attack", "rounds"):
             table.add_column(column)
         for p in selected:
             config = p.config
@@ -898,7 +937,6 @@ def _command_bench(args: argparse.Namespace) -> int:
             table.add_row(
                 p.cell.name,
                 "resume" if p.state.partial else p.state.status,
-                config.strategy.name,
                 f"{attack} ×{config.attack.num_attackers}",
                 str(config.num_server_rounds),
             )
@@ -908,12 +946,19 @@ def _command_bench(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def _help_text() -> str:
+    """The module docstring from the usage lines down to the end of the grid format."""
+    text = (__doc__ or "").replace("``", "`")
+    return text[text.index("    flowerbed bench") : text.index("A *cell* is")].rstrip()
+
+
 def add_bench_command(commands) -> None:
     """Add ``flowerbed bench`` to the CLI's subparsers."""
     bench = commands.add_parser(
         "bench",
         help="run a grid of experiments (attacks × defences × seeds), resumably, and tabulate it",
-        description=(__doc__ or "").split("\n\n")[0],
+        description=_help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("grid", nargs="?", help="grid TOML file (see experiments/bench-*.toml)")
     bench.add_argument("--out", help="output folder (default: bench-results/<grid name>)")

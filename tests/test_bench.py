@@ -1,0 +1,270 @@
+"""``flowerbed bench``: a tiny grid run end to end, resumption, the report, and grid validation.
+
+One module fixture runs 4 real simulations (attacks none/badnets × defences
+fedavg/median × 1 seed, 2 rounds, 3 clients); the other tests reuse or copy its
+output folder and use a stand-in runner where no training is needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flowerbed.platform import bench
+from flowerbed.platform.cli import main
+from flowerbed.platform.config import ConfigError
+
+GRID_TOML = """
+name = "unit"
+seeds = [0]
+defences = ["fedavg", "median"]
+
+[base]
+num-server-rounds = 2
+num-clients = 3
+fraction-train = 1.0
+local-epochs = 1
+batch-size = 32
+"data.train-size" = 300
+"data.test-size" = 60
+"data.cache-dir" = "{cache_dir}"
+"partition.name" = "iid"
+
+[attacks.none]
+
+[attacks.badnets]
+attack.name = "badnets"
+attack.num-attackers = 1
+attack.targets = 0
+attack.poison-fraction = 0.5
+"""
+
+CELLS = ["none__fedavg__seed0", "none__median__seed0", "badnets__fedavg__seed0", "badnets__median__seed0"]
+
+
+def write_grid(folder: Path, cache_dir: str, text: str = GRID_TOML, extra: str = "") -> Path:
+    path = folder / "unit.toml"
+    path.write_text(text.format(cache_dir=cache_dir) + extra)
+    return path
+
+
+class CountingRunner:
+    """The real simulation, counting the cells it is asked to run."""
+
+    def __init__(self) -> None:
+        self.cells: list[str] = []
+
+    def __call__(self, config, quiet):
+        self.cells.append(config.experiment)
+        return bench.simulate(config, quiet)
+
+
+def refuse(config, quiet):
+    raise AssertionError(f"nothing should run, but {config.experiment} was started")
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache_dir):
+    """The tiny grid, run once: (grid file, output folder, runner)."""
+    folder = tmp_path_factory.mktemp("bench")
+    grid_path = write_grid(folder, cache_dir)
+    runner = CountingRunner()
+    counts = bench.run_grid(bench.read_grid(grid_path), folder / "out", runner=runner)
+    assert counts == {"skipped": 0, "done": 4, "failed": 0}
+    return grid_path, folder / "out", runner
+
+
+def summary_of(out: Path, cell: str) -> dict:
+    (run_dir,) = [p for p in (out / "cells" / cell).iterdir() if (p / "summary.json").is_file()]
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_every_cell_ran_once_in_its_own_folder(finished):
+    _, out, runner = finished
+    assert sorted(runner.cells) == sorted(CELLS)
+    for cell in CELLS:
+        (run_dir,) = [p for p in (out / "cells" / cell).iterdir() if p.is_dir()]
+        assert run_dir.name.startswith(f"{cell}-")
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["seed"] == 0 and config["num-server-rounds"] == 2
+        assert config["strategy"]["name"] == cell.split("__")[1]
+        assert config["attack"]["num-attackers"] == (1 if cell.startswith("badnets") else 0)
+
+
+def test_results_csv_has_one_row_per_cell_with_values_from_the_run_folders(finished):
+    _, out, _ = finished
+    rows = read_csv(out / "results.csv")
+    assert [row["cell"] for row in rows] == CELLS  # grid order: attack, defence, seed
+    assert set(bench.BASE_COLUMNS) <= set(rows[0])
+    assert {f"badnets-0.{f}" for f in bench.BACKDOOR_FIELDS} <= set(rows[0])
+    for row in rows:
+        summary = summary_of(out, row["cell"])
+        assert row["status"] == "done"
+        assert row["rounds_completed"] == "2" and row["rounds_planned"] == "2"
+        assert float(row["clean_acc"]) == summary["final"]["clean_acc"]
+        if row["attack"] == "badnets":
+            assert float(row["badnets-0.final_asr"]) == summary["backdoors"]["badnets-0"]["final_asr"]
+            assert float(row["asr_final_mean"]) == summary["backdoors"]["badnets-0"]["final_asr"]
+            assert row["asr_plus_30_mean"] == ""  # a 2-round run has no round +30
+        else:
+            assert row["badnets-0.final_asr"] == "" and row["asr_final_mean"] == ""
+        for key in ("precision", "recall", "fpr"):
+            expected = summary.get("detection", {}).get(key)
+            assert (row[f"detection_{key}"] == "") if expected is None else (float(row[f"detection_{key}"]) == expected)
+
+
+def test_results_md_and_figures(finished):
+    _, out, _ = finished
+    text = (out / "results.md").read_text()
+    assert "# Bench: unit" in text and "4 done" in text
+    clean = summary_of(out, "badnets__median__seed0")["final"]["clean_acc"]
+    asr = summary_of(out, "badnets__median__seed0")["backdoors"]["badnets-0"]["final_asr"]
+    overview = [line for line in text.splitlines() if line.startswith("| badnets | median |")]
+    assert overview and f"{clean:.3f}" in overview[0] and f"{asr:.3f}" in overview[0]
+    assert any(line.startswith("| badnets | fedavg | badnets-0 |") for line in text.splitlines())
+    assert "## Cells without results" not in text
+    for figure in ("heatmap_asr.png", "heatmap_clean_acc.png", "plots/asr_rounds_fedavg.png", "plots/asr_rounds_median.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+        assert f"]({figure})" in text
+
+
+def test_rerun_skips_every_finished_cell_and_changes_no_cell_folder(finished):
+    grid_path, out, _ = finished
+    before = snapshot(out / "cells")
+    counts = bench.run_grid(bench.read_grid(grid_path), out, runner=refuse)
+    assert counts == {"skipped": 4, "done": 0, "failed": 0}
+    assert snapshot(out / "cells") == before
+
+
+def test_report_is_remade_from_the_files_alone(finished, tmp_path):
+    _, out, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for name in ("results.csv", "results.md", "heatmap_asr.png"):
+        (copy / name).unlink()
+    assert main(["bench", "--report", str(copy)]) == 0
+    assert (copy / "heatmap_asr.png").is_file()
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "run_dir"} for row in rows]
+    assert strip(read_csv(copy / "results.csv")) == strip(read_csv(out / "results.csv"))
+    assert (copy / "results.md").read_text() == (out / "results.md").read_text()
+
+
+def test_a_failing_cell_is_recorded_and_the_grid_goes_on(finished, tmp_path, cache_dir):
+    _, out, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    grid = bench.read_grid(write_grid(tmp_path, cache_dir, extra=""))
+    grid.defences["median-b"] = {"strategy.name": "median"}  # two new cells; both fail
+    attempted = []
+
+    def broken(config, quiet):
+        attempted.append(config.experiment)
+        raise RuntimeError(f"disk full in {config.experiment}")
+
+    counts = bench.run_grid(grid, copy, runner=broken)
+    assert counts == {"skipped": 4, "done": 0, "failed": 2}
+    assert attempted == ["none__median-b__seed0", "badnets__median-b__seed0"]
+    rows = {row["cell"]: row for row in read_csv(copy / "results.csv")}
+    assert len(rows) == 6
+    assert rows["badnets__median-b__seed0"]["status"] == "failed"
+    assert rows["badnets__median-b__seed0"]["error"] == "RuntimeError: disk full in badnets__median-b__seed0"
+    assert rows["badnets__median__seed0"]["status"] == "done"
+    assert "RuntimeError" in (copy / "cells" / "none__median-b__seed0" / "error.txt").read_text()
+    text = (copy / "results.md").read_text()
+    assert "## Cells without results" in text and "| badnets__median-b__seed0 | failed |" in text
+    assert "| badnets | median-b | 0/1 |" in text
+
+
+def test_an_unfinished_cell_is_resumed_from_its_run_folder(finished, tmp_path):
+    grid_path, out, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (run_dir,) = [p for p in (copy / "cells" / "badnets__median__seed0").iterdir() if p.is_dir()]
+    (run_dir / "summary.json").unlink()  # as if killed after the last checkpoint
+    resumed = []
+
+    def capture(config, quiet):
+        resumed.append((config.experiment, config.resume))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_grid(bench.read_grid(grid_path), copy, runner=capture)
+    assert resumed == [("badnets__median__seed0", str(run_dir))]
+    rows = {row["cell"]: row for row in read_csv(copy / "results.csv")}  # the report is written on interrupt
+    assert rows["badnets__median__seed0"]["status"] == "interrupted"
+    assert rows["badnets__fedavg__seed0"]["status"] == "done"
+
+
+def test_existing_results_made_with_another_config_are_an_error(finished, tmp_path, cache_dir):
+    _, out, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    grid_path = write_grid(tmp_path, cache_dir, GRID_TOML.replace("num-clients = 3", "num-clients = 3\nlr = 0.05"))
+    with pytest.raises(ConfigError, match=r"different config \(keys lr\)"):
+        bench.run_grid(bench.read_grid(grid_path), copy, runner=refuse)
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ("lrr = 0.1\n", "unknown key 'lrr'"),  # appended to [attacks.badnets]
+        ('"attack.num-attackerz" = 1\n', "unknown key 'attack.num-attackerz'"),
+        ("[defences.krum]\n\"strategy.krum.num-malicous\" = 1\n", "strategy.krum.num-malicous"),
+        ("[defences.krum]\nexperiment = \"x\"\n", "grid key 'defences.krum.experiment'"),
+        ('"attack.targets" = 12\n', "attack.targets"),
+        ('[attacks.blended]\n"attack.targets" = 1\n', "grid key 'attacks.blended': attack.num-attackers is 0"),
+        ("[defences.bulyan]\n", "strategy 'bulyan'"),  # Bulyan needs 4f + 3 = 7 clients per round, not 3
+    ],
+)
+def test_a_bad_grid_fails_before_anything_runs(tmp_path, cache_dir, extra, named, capsys):
+    text = GRID_TOML.replace('defences = ["fedavg", "median"]\n', "") if extra.startswith("[defences") else GRID_TOML
+    grid_path = write_grid(tmp_path, cache_dir, text, extra)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.").replace("[", r"\[")):
+        bench.run_grid(bench.read_grid(grid_path), out, runner=refuse)
+    assert not out.exists()
+    assert main(["bench", str(grid_path), "--out", str(out)]) == 2
+    assert named in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unknown_top_level_key_and_only_filter(tmp_path, cache_dir):
+    with pytest.raises(ConfigError, match="unknown grid key.*'defenses'"):
+        bench.parse_grid({"defenses": ["krum"]})
+    grid = bench.read_grid(write_grid(tmp_path, cache_dir))
+    cells = grid.cells()
+    chosen = bench.select_cells(cells, "attack=badnets,defence=fedavg,median", grid)
+    assert [c.name for c in chosen] == ["badnets__fedavg__seed0", "badnets__median__seed0"]
+    with pytest.raises(ConfigError, match="--only defence=krum: not in the grid"):
+        bench.select_cells(cells, "defence=krum", grid)
+
+
+def test_dry_run_lists_cells_and_writes_nothing(finished, tmp_path, capsys):
+    grid_path, out, _ = finished
+    fresh = tmp_path / "fresh"
+    assert main(["bench", str(grid_path), "--out", str(fresh), "--dry-run", "--only", "defence=median"]) == 0
+    printed = capsys.readouterr().out
+    assert "none__median__seed0" in printed and "none__fedavg__seed0" not in printed
+    assert not fresh.exists()
+    assert main(["bench", str(grid_path), "--out", str(out), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("done") >= 4
+
+
+def test_mean_and_sample_std_over_seeds():
+    assert bench.format_stat([0.4, 0.6]) == "0.500 ± 0.141"
+    assert bench.format_stat([0.25]) == "0.250"
+    assert bench.format_stat(["", 0.2, 0.4], total=3) == "0.300 ± 0.141 (2/3)"
+    assert bench.format_stat(["", ""]) == "—"
