@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run flowerbed with `flwr run .` on a private local simulation SuperLink, then stop it.
 #
-#   scripts/flwr-local.sh                                    # the default experiment
+#   scripts/flwr-local.sh                                    # the default experiment (DMBA)
 #   scripts/flwr-local.sh --run-config experiments/tiny.toml
 #   scripts/flwr-local.sh --run-config "num-server-rounds=5 partition.alpha=0.1"
 #
@@ -19,6 +19,12 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export FLWR_LOCAL_SUPERLINK_HTTP_API_PORT="${FLWR_LOCAL_SUPERLINK_HTTP_API_PORT:-39091}"
 PORT="$FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"
 PYTHON="${PYTHON:-python}"
+
+# Without a run config, run the default experiment: DMBA (experiments/dmba.toml).
+case " $* " in
+  *" --run-config"*|*" -c "*) ;;
+  *) set -- "$@" --run-config "$ROOT/experiments/dmba.toml" ;;
+esac
 
 # Validate the run config first (bad input fails here, naming the key); the federation
 # needs as many simulated nodes as the run config has clients.

@@ -107,6 +107,20 @@ def test_patch_changes_only_patch_pixels(params, rows, cols):
     assert torch.equal(changed, expected)
 
 
+def test_patch_per_attacker_location_gives_each_attacker_its_own_corner():
+    images = grey()
+    changed = []
+    for index in range(5):
+        trigger = PatchTrigger({"location": "per-attacker", "margin": 0, "size": 2}, index=index, count=5, image_shape=SHAPE)
+        changed.append((trigger.apply(images) != images).any(dim=(0, 1)))
+    corners = [(0, 0), (0, 30), (30, 0), (30, 30)]  # top-left, top-right, bottom-left, bottom-right
+    for index, (row, col) in enumerate(corners):
+        expected = torch.zeros(32, 32, dtype=torch.bool)
+        expected[row : row + 2, col : col + 2] = True
+        assert torch.equal(changed[index], expected), index
+    assert torch.equal(changed[4], changed[0])  # a fifth attacker wraps around to the first corner
+
+
 def test_patch_pattern_values():
     square = PatchTrigger({"pattern": "square", "value": 0.8, "location": "top-left", "margin": 0}, image_shape=SHAPE)
     assert torch.allclose(square.apply(grey())[:, :, :3, :3], torch.tensor(0.8))

@@ -2,7 +2,10 @@
 
 Gu et al., "BadNets: Identifying Vulnerabilities in the Machine Learning Model
 Supply Chain" (arXiv:1708.06733, 2017): a small square stamped at a fixed
-location (a corner by default) on every channel.
+location (a corner by default) on every channel. With ``location="per-attacker"``
+attacker ``index`` of a run's patch attackers takes corner ``index mod 4`` (top-left,
+top-right, bottom-left, bottom-right), so several single-target attackers get
+distinct, non-overlapping patches from one shared config.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ class PatchParams(TriggerParams):
         "checkerboard",
         description="'square': every patch pixel = value; 'checkerboard': pixels alternate value and 1 - value.",
     )
-    location: Literal["top-left", "top-right", "bottom-left", "bottom-right", "xy"] = Field(
-        "bottom-right", description="A corner (offset by margin), or 'xy' to place the top-left pixel at (x, y)."
+    location: Literal["top-left", "top-right", "bottom-left", "bottom-right", "per-attacker", "xy"] = Field(
+        "bottom-right",
+        description="A corner (offset by margin); 'per-attacker': corner index mod 4 in the order "
+        "top-left, top-right, bottom-left, bottom-right; or 'xy' to place the top-left pixel at (x, y).",
     )
     margin: int = Field(1, ge=0, description="Distance in pixels from the chosen corner.")
     x: int | None = Field(None, ge=0, description="Column of the patch's top-left pixel (location='xy' only).")
@@ -42,14 +47,16 @@ class PatchParams(TriggerParams):
         return self
 
 
-def patch_origin(params: PatchParams, height: int, width: int) -> tuple[int, int]:
-    """(row, col) of the patch's top-left pixel; ValueError naming the parameter if it does not fit."""
+def patch_origin(params: PatchParams, height: int, width: int, index: int = 0) -> tuple[int, int]:
+    """(row, col) of the patch's top-left pixel (``index``: the attacker's index, used by
+    ``location="per-attacker"``); ValueError naming the parameter if it does not fit."""
     size = params.size
-    if params.location == "xy":
+    location = CORNERS[index % len(CORNERS)] if params.location == "per-attacker" else params.location
+    if location == "xy":
         row, col = int(params.y), int(params.x)  # type: ignore[arg-type]
     else:
-        row = params.margin if params.location.startswith("top") else height - params.margin - size
-        col = params.margin if params.location.endswith("left") else width - params.margin - size
+        row = params.margin if location.startswith("top") else height - params.margin - size
+        col = params.margin if location.endswith("left") else width - params.margin - size
     if row < 0 or col < 0:
         raise ValueError(f"size/margin: a {size}px patch with margin {params.margin} does not fit a {height}x{width} image")
     if row + size > height:
@@ -70,7 +77,7 @@ class PatchTrigger(Trigger):
         super().__init__(params, index=index, count=count, image_shape=image_shape, seed=seed)
         _, height, width = self.image_shape
         size = self.params.size
-        self.origin = patch_origin(self.params, height, width)
+        self.origin = patch_origin(self.params, height, width, self.index)
         row, col = self.origin
         self.mask = torch.zeros(1, 1, height, width, dtype=torch.bool)
         self.mask[..., row : row + size, col : col + size] = True
