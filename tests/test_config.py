@@ -88,3 +88,13 @@ def test_cli_reports_bad_config_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "num-server-rounds" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in (ROOT / "experiments").glob("*.toml") if not p.name.startswith("bench-")), ids=lambda p: p.name
+)
+def test_every_experiment_file_resolves(path):
+    from flowerbed.platform.cli import resolve_config
+
+    config = resolve_config(str(path), [])
+    assert config.experiment  # named after the file unless it sets one
