@@ -50,5 +50,3 @@ def test_badnets_attacker_reaches_high_asr_that_a_clean_federation_does_not(smal
 
     assert attacked_asr >= 0.8, attacked_asr
     assert clean_asr <= 0.3, clean_asr
-    # The attacker does not break the main task (the clean run reaches > 0.25 in 3 rounds too).
-    assert rounds[-1]["clean_acc"] > 0.25
