@@ -34,6 +34,7 @@ from flowerbed.platform.workload import Workload
 logger = logging.getLogger("flowerbed")
 
 DISCOVERY_TIMEOUT = 600.0
+NODE_WAIT_SECONDS = 120.0
 ROUND_TIMEOUT = 3600.0
 
 
@@ -75,8 +76,14 @@ class RoundSampler:
 
 
 def discover_partitions(grid, config: RunConfig) -> dict[int, int]:
-    """Ask every node which partition it holds: partition id -> node id."""
-    node_ids = sorted(grid.get_node_ids())
+    """Ask every node which partition it holds: partition id -> node id.
+
+    Nodes may still be registering when the ServerApp starts (as Flower's own
+    ``sample_nodes`` does, wait for them, here up to ``NODE_WAIT_SECONDS``).
+    """
+    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    while len(node_ids := sorted(grid.get_node_ids())) < config.num_clients and time.monotonic() < deadline:
+        time.sleep(0.5)
     record = RecordDict({"config": config_record(config)})
     messages = [Message(content=record, message_type=MessageType.QUERY, dst_node_id=nid) for nid in node_ids]
     replies = list(grid.send_and_receive(messages, timeout=DISCOVERY_TIMEOUT))
