@@ -29,7 +29,7 @@ class Progress:
                 parts.append(f"{key} {value:.4f}")
             elif isinstance(value, dict) and key == "asr":
                 parts.append("asr " + " ".join(f"{name}={asr:.2f}" for name, asr in value.items()))
-        if record.get("flagged") is not None and "flagged" in record:
+        if "flagged" in record:
             parts.append(f"flagged {record['flagged']}")
         if record.get("failures"):
             parts.append(f"failures {len(record['failures'])}")
