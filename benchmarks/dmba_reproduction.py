@@ -16,8 +16,8 @@ attackers. Five arms share the federation, the seed and the pre-trained model:
   positions stay disjoint), instead of one channel per attacker;
 - ``dmba-no-replay``: ``attack.dmba.replay=none``;
 - ``single-target``: ``experiments/single-target-baseline.toml``, three independent
-  BadNets attackers with checkerboard patches in different corners, same targets,
-  same schedule and same attacker training.
+  BadNets-style attackers (checkerboard patches in different corners, no replay),
+  same targets, schedule, attacker training and update scaling.
 
 Pre-training is run once: the no-attack arm's first ``start-round - 1`` rounds. Each
 attack arm's run folder is seeded with those rounds (``metrics.jsonl``,
@@ -72,7 +72,6 @@ QUICK = {
     "attack.start-round": 4,
     "attack.end-round": 5,
     "attack.dmba.poison-epochs": 2,
-    "attack.badnets.poison-epochs": 2,
 }
 
 

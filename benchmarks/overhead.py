@@ -3,33 +3,39 @@
 The same federated training is run two ways, back to back:
 
 (a) **plain** — one Python process, no Flower, no Ray: for every round, each of
-    the 10 clients in turn loads the global weights, trains ``local-epochs``
-    epochs of SGD on its partition, and the server takes the example-weighted
-    mean of the 10 models (FedAvg, McMahan et al., AISTATS 2017) and evaluates
-    it on the test set. Data, partitions, model, initial weights, optimiser,
+    the 10 clients in turn loads the global weights and trains one local epoch
+    of SGD on its partition; the server takes the example-weighted mean of the
+    10 models (FedAvg, McMahan et al., AISTATS 2017) and evaluates it on the
+    test set. Data, partitions, model, initial weights, optimiser,
     hyper-parameters, batch order and evaluation are flowerbed's: the dataset
-    comes from ``load_dataset`` and the partitions from ``partition_indices``,
-    the initial model and every client's shuffling generator are derived from
-    the run seed exactly as flowerbed derives them, so (a) and (b) train the
-    same models up to floating-point summation order. Measured with torch's
-    default intra-op threads and with 1 thread.
+    comes from ``load_dataset``, the partitions from ``partition_indices``
+    (over the images the server does not keep), and the initial model and every
+    client's shuffling generator are derived from the run seed as flowerbed
+    derives them, so (a) with 1 thread and (b) reach the same accuracy (the
+    last column checks it). Measured with torch's default intra-op threads
+    (one per core) and with 1 thread.
 (b) **flowerbed** — ``flowerbed.platform.simulation.run_experiment`` with
     ``num-clients=10``, ``fraction-train=1.0``: Flower's simulation engine
-    starts Ray with one actor per CPU (each client trains with 1 torch
-    thread), the ServerApp runs FedAvg, evaluates every round, writes
-    metrics.jsonl and a checkpoint every round and the plots at the end.
+    starts Ray with one actor per core (each client trains with 1 torch
+    thread), the ServerApp (torch's default threads) aggregates with FedAvg,
+    evaluates, writes metrics.jsonl and a checkpoint every round, and the plots
+    at the end. ``--ray-default-niceness`` adds a run with Ray's own worker
+    niceness (15) instead of flowerbed's (0).
 
-Each measurement runs in a fresh subprocess (no shared caches or thread
-settings). Seconds are split into start-up (before round 1 starts: for (b)
-Ray and the actors, node discovery), round 1 (for (b) it includes each actor's
-first load of the dataset and partitions), the mean of rounds 2..N (the steady
-state) and the end (for (b) plots, the final model, Ray shutdown). Round times
-of (b) are taken from the ServerApp's round loop with timers wrapped around
-``RoundSampler.sample`` (a round's first step) and ``Progress.round`` (its last).
-The load average (``os.getloadavg``) before each measurement is reported: the
-machine may be shared.
+Each measurement runs in a fresh subprocess (no shared caches, thread settings
+or OMP_NUM_THREADS). Seconds are split into start-up (before round 1: for (b)
+Ray, the actors, node discovery), round 1 (for (b) it includes each actor's
+first imports and its dataset and partition), the mean of rounds 2..N (the
+steady state) and the end (for (b) plots, the final model, Ray shutdown).
+Round times of (b) come from timers wrapped around ``RoundSampler.sample`` (a
+round's first step) and ``Progress.round`` (its last). CPU seconds are those
+of the measured process and all its descendants (for (b) the ServerApp, every
+Ray daemon and actor), read from /proc; on a shared machine they vary far less
+than wall time. The load average before each measurement is reported;
+``--busy-loops N`` adds N busy loops at nice 10 as a controlled competing load.
 
-    python benchmarks/overhead.py --rounds 5 --train-size 20000 --repeats 2
+    python benchmarks/overhead.py --rounds 5 --train-size 5000 --repeats 2
+    python benchmarks/overhead.py --rounds 3 --train-size 1000 --test-size 200 --busy-loops 2 --ray-default-niceness
 """
 
 from __future__ import annotations
@@ -42,12 +48,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 DEFAULT_ROUNDS = 5
 DEFAULT_TRAIN_SIZE = 5000
 NUM_CLIENTS = 10
+RAY_DEFAULT_WORKER_NICENESS = 15  # what Ray gives its workers unless told otherwise
 
 
 def tree_cpu_seconds(root: int | None = None) -> float:
@@ -118,10 +126,10 @@ def measure_plain(args: argparse.Namespace) -> dict[str, Any]:
     client_pool = len(data.train_labels) - getattr(config.data, "server_size", 0)
     parts = partition_indices(data.train_labels[:client_pool], NUM_CLIENTS, config.partition, config.seed)
     clients = [(data.train_images[torch.from_numpy(p)], data.train_labels[torch.from_numpy(p)]) for p in parts]
-    build = lambda: MODELS.get(config.model.name)(data.image_shape, data.num_classes)  # noqa: E731
+    architecture = MODELS.get(config.model.name)
     seed_torch(config.seed, "initial-model")
-    global_model = build()
-    local_model = build()
+    global_model = architecture(data.image_shape, data.num_classes)
+    local_model = architecture(data.image_shape, data.num_classes)
     startup = time.perf_counter() - began
     cpu.append(tree_cpu_seconds())
 
@@ -174,7 +182,7 @@ def measure_plain(args: argparse.Namespace) -> dict[str, Any]:
         "end": 0.0,
         "final_acc": accuracy,
         "cpu_startup": cpu[1] - cpu[0],
-        "cpu_rounds": [after - before for before, after in zip(cpu[1:], cpu[2:])],
+        "cpu_rounds": [after - before for before, after in pairwise(cpu[1:])],
     }
 
 
@@ -212,31 +220,46 @@ def measure_flowerbed(args: argparse.Namespace) -> dict[str, Any]:
         metrics = read_metrics(outcome.run_dir)
     import torch
 
+    from flowerbed.platform.simulation import WORKER_NICENESS
+
+    niceness = os.environ.get("RAY_worker_niceness")
     return {
-        "side": "flowerbed simulation",
-        "threads": f"Ray: {os.cpu_count()} actors x 1 torch thread; server {torch.get_num_threads()} threads",
+        "side": "flowerbed simulation" + (f", Ray workers at nice {niceness}" if niceness else ""),
+        "threads": f"Ray: {os.cpu_count()} actors x 1 torch thread (nice {niceness or WORKER_NICENESS}); "
+        f"ServerApp {torch.get_num_threads()} threads",
         "startup": starts[0] - began,
         "rounds": [end - start for start, end in zip(starts, ends)],
         "end": finished - ends[-1],
         "final_acc": metrics[-1]["clean_acc"],
         "recorded_seconds": [m["seconds"] for m in metrics],
         "cpu_startup": cpu[0] - cpu_began,
-        "cpu_rounds": [after - before for before, after in zip(cpu, cpu[1:])],
+        "cpu_rounds": [after - before for before, after in pairwise(cpu)],
     }
 
 
 # --------------------------------------------------------------------------- driver
-def measure_in_subprocess(args: argparse.Namespace, side: str, threads: int) -> dict[str, Any]:
+BUSY_LOOP = "import os, time\nos.nice(10)\nend = time.time() + 3600\nwhile time.time() < end:\n    pass\n"
+
+
+def measure_in_subprocess(args: argparse.Namespace, side: str, threads: int, env_extra: dict[str, str]) -> dict[str, Any]:
     command = [
         sys.executable, __file__, "--side", side, "--threads", str(threads),
         "--rounds", str(args.rounds), "--train-size", str(args.train_size), "--test-size", str(args.test_size),
         "--cache-dir", args.cache_dir, "--scratch", args.scratch,
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    load = os.getloadavg()
-    began = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - began
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAY_worker_niceness")}
+    env.update(env_extra)
+    # Optional competing load: busy loops at nice 10 (each stops with this measurement, or after an hour).
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(args.busy_loops)]
+    try:
+        load = os.getloadavg()
+        began = time.perf_counter()
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - began
+    finally:
+        for process in busy:
+            process.terminate()
+            process.wait()
     if result.returncode != 0:
         sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
         raise SystemExit(f"{side} measurement failed (exit {result.returncode})")
@@ -252,11 +275,11 @@ def steady(rounds: list[float]) -> float:
 
 
 def measurement_table(results: list[dict[str, Any]]) -> str:
-    lines = [
+    header = (
         "| repeat | side | CPU threads | load avg 1/5 min | start-up s | round 1 s | rounds 2..N s/round "
-        "| end s | total s | CPU s start-up | CPU s/round, rounds 2..N | final clean acc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        "| end s | total s | CPU s start-up | CPU s/round, rounds 2..N | final clean acc |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
             f"| {r['repeat']} | {r['side']} | {r['threads']} | {r['load'][0]:.1f} / {r['load'][1]:.1f} "
@@ -268,18 +291,19 @@ def measurement_table(results: list[dict[str, Any]]) -> str:
 
 def ratio_table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| repeat | (a) | s/round, rounds 2..N | CPU s/round, rounds 2..N | total s (whole process) |",
-        "|---|---|---|---|---|",
+        "| repeat | (b) | (a) | s/round, rounds 2..N | CPU s/round, rounds 2..N | total s (whole process) |",
+        "|---|---|---|---|---|---|",
     ]
     for repeat in sorted({r["repeat"] for r in results}):
         batch = [r for r in results if r["repeat"] == repeat]
-        simulated = next(r for r in batch if r["side"].startswith("flowerbed"))
-        for plain in (r for r in batch if r is not simulated):
-            lines.append(
-                f"| {repeat} | {plain['side']} | {steady(simulated['rounds']) / steady(plain['rounds']):.2f} "
-                f"| {steady(simulated['cpu_rounds']) / steady(plain['cpu_rounds']):.2f} "
-                f"| {simulated['process_wall'] / plain['process_wall']:.2f} |"
-            )
+        for simulated in (r for r in batch if r["side"].startswith("flowerbed")):
+            for plain in (r for r in batch if r["side"].startswith("plain")):
+                lines.append(
+                    f"| {repeat} | {simulated['side']} | {plain['side']} "
+                    f"| {steady(simulated['rounds']) / steady(plain['rounds']):.2f} "
+                    f"| {steady(simulated['cpu_rounds']) / steady(plain['cpu_rounds']):.2f} "
+                    f"| {simulated['process_wall'] / plain['process_wall']:.2f} |"
+                )
     return "\n".join(lines)
 
 
@@ -291,6 +315,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "flowerbed"))
     parser.add_argument("--scratch", default=tempfile.gettempdir(), help="where (b)'s temporary run folders go")
+    parser.add_argument("--busy-loops", type=int, default=0, help="competing load: busy loops at nice 10 during every measurement")
+    parser.add_argument(
+        "--ray-default-niceness", action="store_true",
+        help=f"also measure (b) with Ray's own worker niceness ({RAY_DEFAULT_WORKER_NICENESS}) instead of flowerbed's",
+    )
     parser.add_argument("--side", choices=("plain", "flowerbed"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -308,12 +337,15 @@ def main() -> None:
 
     load_dataset(parse_run_config(run_config(args, output_dir=args.scratch)).data)
 
+    measurements: list[tuple[str, int, dict[str, str]]] = [("plain", 0, {}), ("plain", 1, {}), ("flowerbed", 0, {})]
+    if args.ray_default_niceness:
+        measurements.append(("flowerbed", 0, {"RAY_worker_niceness": str(RAY_DEFAULT_WORKER_NICENESS)}))
     results = []
     first_load = os.getloadavg()
     for repeat in range(1, args.repeats + 1):
         batch = []
-        for side, threads in (("plain", 0), ("plain", 1), ("flowerbed", 0)):
-            measured = measure_in_subprocess(args, side, threads)
+        for side, threads, env_extra in measurements:
+            measured = measure_in_subprocess(args, side, threads, env_extra)
             measured["repeat"] = repeat
             batch.append(measured)
             print(f"# {measured['side']}: {json.dumps({k: v for k, v in measured.items() if k != 'side'})}", file=sys.stderr)
@@ -321,7 +353,8 @@ def main() -> None:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
     print(f"machine: {os.cpu_count()} cores, {cpu}; {time.strftime('%Y-%m-%d %H:%M %Z')}")
-    print(f"config: {NUM_CLIENTS} clients x 1 local epoch x {args.rounds} rounds, train-size {args.train_size}, test-size {args.test_size}")
+    print(f"config: {NUM_CLIENTS} clients x 1 local epoch x {args.rounds} rounds, train-size {args.train_size}, "
+          f"test-size {args.test_size}; competing busy loops at nice 10: {args.busy_loops}")
     print(f"load average before the first measurement: {' '.join(f'{x:.2f}' for x in first_load)}; after the last: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print(measurement_table(results))

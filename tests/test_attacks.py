@@ -140,6 +140,33 @@ def test_dmba_replay_ratio_and_no_replay():
     assert (owner == 0).sum() == 20
 
 
+def test_dmba_bounded_scaling_boosts_learned_weights_only_and_caps_the_norm():
+    update = {
+        "0.weight": torch.randn(4, 3),
+        "1.bias": torch.randn(4),
+        "1.running_mean": torch.randn(4),
+        "1.running_var": torch.rand(4),
+    }
+    plain, _ = dmba_collusion()
+    assert plain.craft(update, {}) is update  # default: no scaling
+    boosted, _ = dmba_collusion(params={"boost": 3.0})
+    crafted = boosted.craft(update, {})
+    for name in ("0.weight", "1.bias"):
+        assert torch.allclose(crafted[name], 3.0 * update[name])
+    for name in ("1.running_mean", "1.running_var"):  # statistics are measured, not learned: sent as trained
+        assert torch.equal(crafted[name], update[name])
+    learned = {name: update[name] for name in ("0.weight", "1.bias")}
+    cap = 0.5 * float(total_norm(learned))
+    capped, _ = dmba_collusion(params={"boost": 3.0, "max-norm": cap})
+    crafted = capped.craft(update, {})
+    assert float(total_norm({name: crafted[name] for name in learned})) == pytest.approx(cap, rel=1e-5)
+    assert torch.allclose(crafted["0.weight"] / update["0.weight"], torch.tensor(0.5), atol=1e-5)
+    loose, _ = dmba_collusion(params={"max-norm": 1e6})  # a bound that is not hit changes nothing
+    assert all(torch.allclose(loose.craft(update, {})[name], update[name]) for name in update)
+    with pytest.raises(Exception, match="boost"):
+        dmba_collusion(params={"boost": 0.5})
+
+
 # --- model replacement --------------------------------------------------------------------
 
 

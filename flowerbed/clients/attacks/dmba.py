@@ -17,6 +17,11 @@ The paper's code is not public; the mechanics here are ours:
   collusion gets the same share of poisoned samples, so no backdoor is favoured
   by the attacker that happens to train, and the clean share of the batch is the
   same as without replay (replay does not cost main-task accuracy).
+- Optional bounded scaling of the update ("constrain and scale", Bagdasaryan et
+  al., AISTATS 2020): ``boost`` multiplies the learned weights' update, and
+  ``max-norm``, if set, caps its L2 norm. BatchNorm running statistics are
+  sent as trained: they are measured, not learned, and scaling them can make a
+  variance negative. Default: no scaling (the DMBA paper does not mention any).
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ from pydantic import Field
 from torch import Tensor
 
 from flowerbed.clients.attack import Attack, PoisonTrainingParams, poison_count, stamp
+from flowerbed.clients.attacks.model_replacement import total_norm
 from flowerbed.platform.registry import ATTACKS
+
+# State-dict entries that are running statistics, not learned weights (BatchNorm).
+RUNNING_STATISTICS = ("running_mean", "running_var")
 
 
 class DMBAAttackParams(PoisonTrainingParams):
@@ -41,6 +50,12 @@ class DMBAAttackParams(PoisonTrainingParams):
         ge=0.0,
         le=1.0,
         description="Share of the poisoned samples carrying colluders' triggers; default k/(k+1) for k colluders.",
+    )
+    boost: float = Field(
+        1.0, ge=1.0, description="Scale of the update of the learned weights (BatchNorm statistics unscaled); 1 = none."
+    )
+    max_norm: float | None = Field(
+        None, alias="max-norm", gt=0, description="If set, L2 bound of the (boosted) learned-weight update."
     )
 
 
@@ -81,3 +96,18 @@ class DMBA(Attack):
             for slot, colluder in enumerate(order):
                 stamp(x, y, replay[slot :: len(replayed)], replayed[colluder])
         return x, y
+
+    def craft(self, update: dict[str, Tensor], memory: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Bounded scaling: ``boost`` x the learned weights' update, then capped at ``max-norm``."""
+        boost, max_norm = self.params.boost, self.params.max_norm
+        if boost == 1.0 and max_norm is None:
+            return update
+        learned = [name for name in update if not name.endswith(RUNNING_STATISTICS)]
+        scale = torch.tensor(boost, dtype=torch.float64)
+        if max_norm is not None and learned:
+            boosted_norm = total_norm({name: update[name] for name in learned}) * boost
+            if boosted_norm > max_norm:
+                scale = scale * max_norm / boosted_norm
+        return {
+            name: tensor * scale.to(tensor.dtype) if name in learned else tensor for name, tensor in update.items()
+        }
