@@ -268,3 +268,33 @@ def test_mean_and_sample_std_over_seeds():
     assert bench.format_stat([0.25]) == "0.250"
     assert bench.format_stat(["", 0.2, 0.4], total=3) == "0.300 ± 0.141 (2/3)"
     assert bench.format_stat(["", ""]) == "—"
+
+
+def test_pretraining_runs_once_per_seed_and_every_cell_starts_from_it(tmp_path, cache_dir):
+    text = GRID_TOML.replace('seeds = [0]\n', 'seeds = [0]\npretrain-rounds = 2\n').replace(
+        "num-server-rounds = 2", "num-server-rounds = 1"
+    ).replace('defences = ["fedavg", "median"]', 'defences = ["fedavg"]')
+    grid_path = write_grid(tmp_path, cache_dir, text)
+    out = tmp_path / "out"
+    runner = CountingRunner()
+    counts = bench.run_grid(bench.read_grid(grid_path), out, runner=runner)
+    assert counts == {"skipped": 0, "done": 2, "failed": 0}
+    assert runner.cells == ["pretraining__seed0", "none__fedavg__seed0", "badnets__fedavg__seed0"]
+
+    weights = out / "pretraining" / "seed0.pt"
+    (pretraining_run,) = [p for p in (out / "pretraining" / "seed0").iterdir() if (p / "summary.json").is_file()]
+    pretraining_config = json.loads((pretraining_run / "config.json").read_text())
+    assert pretraining_config["num-server-rounds"] == 2 and pretraining_config["attack"]["num-attackers"] == 0
+    assert weights.read_bytes() == (pretraining_run / "model.pt").read_bytes()
+    for cell in ("none__fedavg__seed0", "badnets__fedavg__seed0"):
+        (run_dir,) = [p for p in (out / "cells" / cell).iterdir() if (p / "config.json").is_file()]
+        assert json.loads((run_dir / "config.json").read_text())["model"]["init"] == str(weights.resolve())
+    assert "pre-trained for 2 clean FedAvg rounds" in (out / "results.md").read_text()
+
+    assert bench.run_grid(bench.read_grid(grid_path), out, runner=refuse)["skipped"] == 2  # nothing reruns
+    write_grid(tmp_path, cache_dir, text.replace("pretrain-rounds = 2", "pretrain-rounds = 3"))
+    with pytest.raises(ConfigError, match="pre-training seed 0: the existing run .* num-server-rounds"):
+        bench.run_grid(bench.read_grid(grid_path), out, runner=refuse)
+    write_grid(tmp_path, cache_dir, text, extra='"model.init" = "elsewhere.pt"\n')
+    with pytest.raises(ConfigError, match=r"grid key 'attacks\.badnets\.model\.init'"):
+        bench.read_grid(grid_path)

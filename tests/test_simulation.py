@@ -124,3 +124,42 @@ def test_resume_refuses_a_different_config(reference):
 
     with pytest.raises(ConfigError, match="lr"):
         run_experiment({**flat, "lr": 0.5, "resume": str(run_dir)}, quiet=True)
+
+
+def test_model_init_starts_the_federation_from_given_weights(reference, tmp_path):
+    flat, run_dir = reference
+    trained_acc = read_metrics(run_dir)[-1]["clean_acc"]
+    # Nearly no learning in the new run: its first round shows the weights it started from.
+    barely = {**flat, "num-server-rounds": 1, "lr": 1e-7, "momentum": 0.0, "output-dir": str(tmp_path)}
+    fresh = read_metrics(run_experiment({**barely, "experiment": "fresh"}, quiet=True).run_dir)[0]["clean_acc"]
+    started = run_experiment({**barely, "experiment": "init", "model.init": str(run_dir)}, quiet=True)
+    assert json.loads((started.run_dir / "config.json").read_text())["model"]["init"] == str(run_dir)
+    from_init = read_metrics(started.run_dir)[0]["clean_acc"]
+    assert abs(from_init - trained_acc) <= 0.05, (from_init, trained_acc)
+    assert trained_acc - fresh >= 0.2, (trained_acc, fresh)  # so the check above can tell the two apart
+
+
+def test_model_init_accepts_a_file_or_checkpoint_and_names_the_key_when_wrong(reference, tmp_path):
+    from flowerbed.platform.config import ConfigError
+    from flowerbed.platform.image_classification import ImageClassification
+    from flowerbed.platform.initial_model import load_initial_weights
+
+    flat, run_dir = reference
+    workload = ImageClassification(parse_run_config(flat))
+    saved = torch.load(run_dir / "model.pt", weights_only=True)
+    for source in (run_dir, run_dir / "model.pt", run_dir / "checkpoint.pt"):
+        model = workload.build_model()
+        assert load_initial_weights(model, parse_run_config({**flat, "model.init": str(source)}))
+        assert all(torch.equal(model.state_dict()[k], saved[k]) for k in saved)
+    assert not load_initial_weights(workload.build_model(), parse_run_config(flat))  # unset: a fresh model
+
+    wrong_model = parse_run_config({**flat, "model.init": str(run_dir), "model.name": "mlp"})
+    mlp = ImageClassification(wrong_model).build_model()
+    with pytest.raises(ConfigError, match=r"model\.init.*does not fit model\.name='mlp'"):
+        load_initial_weights(mlp, wrong_model)
+    (tmp_path / "notes.txt").write_text("not weights")
+    for bad, message in ((tmp_path / "missing.pt", "does not exist"), (tmp_path / "notes.txt", "not a saved state dict")):
+        with pytest.raises(ConfigError, match=rf"model\.init.*{message}"):
+            load_initial_weights(workload.build_model(), parse_run_config({**flat, "model.init": str(bad)}))
+    with pytest.raises(ConfigError, match=r"model\.init.*does not exist"):  # before the simulation starts
+        run_experiment({**flat, "model.init": str(tmp_path / "missing.pt")}, quiet=True)

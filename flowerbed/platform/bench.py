@@ -62,6 +62,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowerbed.platform.bench_pretraining import (
+    check_existing,
+    ensure_pretrained,
+    pretrained_weights,
+    pretraining_config,
+)
 from flowerbed.platform.config import ConfigError, RunConfig, flatten, parse_run_config
 from flowerbed.platform.recorder import (
     ATTACKERS,
@@ -73,7 +79,7 @@ from flowerbed.platform.recorder import (
     read_metrics,
 )
 
-GRID_KEYS = ("name", "seeds", "base", "attacks", "defences")
+GRID_KEYS = ("name", "seeds", "pretrain-rounds", "base", "attacks", "defences")
 # Run keys the bench sets itself for every cell.
 CELL_KEYS = ("output-dir", "experiment", "resume", "seed")
 # Keys of a saved config.json that may differ from the cell's config without making the run stale.
@@ -121,6 +127,7 @@ class Cell:
     defence: str
     seed: int
     overrides: dict[str, Any] = field(compare=False, hash=False)
+    pretrained: bool = field(default=False, compare=False, hash=False)
 
     @property
     def name(self) -> str:
@@ -128,7 +135,10 @@ class Cell:
 
     def flat_config(self, cell_dir: Path) -> dict[str, Any]:
         """The cell's flat run config, writing its run folder under ``cell_dir``."""
-        return {**self.overrides, "seed": self.seed, "output-dir": str(cell_dir), "experiment": self.name}
+        flat = {**self.overrides, "seed": self.seed, "output-dir": str(cell_dir), "experiment": self.name}
+        if self.pretrained:  # cell_dir is <out>/cells/<name>
+            flat["model.init"] = str(pretrained_weights(cell_dir.parent.parent, self.seed))
+        return flat
 
 
 @dataclass
@@ -139,11 +149,12 @@ class Grid:
     defences: dict[str, dict[str, Any]]
     seeds: list[int]
     source: str = ""
+    pretrain_rounds: int = 0
 
     def cells(self) -> list[Cell]:
         """Every cell, attack-major then defence then seed (the order they run in)."""
         return [
-            Cell(attack, defence, seed, {**self.base, **attack_keys, **defence_keys})
+            Cell(attack, defence, seed, {**self.base, **attack_keys, **defence_keys}, pretrained=self.pretrain_rounds > 0)
             for attack, attack_keys in self.attacks.items()
             for defence, defence_keys in self.defences.items()
             for seed in self.seeds
@@ -156,6 +167,7 @@ class Grid:
             "attacks": list(self.attacks),
             "defences": list(self.defences),
             "seeds": list(self.seeds),
+            "pretrain_rounds": self.pretrain_rounds,
             "cells": [
                 {"name": c.name, "attack": c.attack, "defence": c.defence, "seed": c.seed, "overrides": c.overrides}
                 for c in self.cells()
@@ -200,12 +212,17 @@ def parse_grid(data: dict[str, Any], default_name: str = "bench", source: str = 
         problems.append(f"grid key 'seeds': expected a non-empty list of distinct integers, got {seeds!r}")
         seeds = []
 
+    pretrain_rounds = data.get("pretrain-rounds", 0)
+    if not isinstance(pretrain_rounds, int) or isinstance(pretrain_rounds, bool) or pretrain_rounds < 0:
+        problems.append(f"grid key 'pretrain-rounds': expected a whole number >= 0, got {pretrain_rounds!r}")
+        pretrain_rounds = 0
+
     base = data.get("base", {})
     if not isinstance(base, dict):
         problems.append("grid key 'base': expected a table of run keys")
         base = {}
     base = flatten(base)
-    problems += _controlled_keys(base, "base")
+    problems += _controlled_keys(base, "base", pretrain_rounds)
 
     raw_attacks = data.get("attacks", {NO_ATTACK: {}})
     attacks: dict[str, dict[str, Any]] = {}
@@ -219,7 +236,7 @@ def parse_grid(data: dict[str, Any], default_name: str = "bench", source: str = 
             problems.append(f"grid key 'attacks.{label}': expected a table of run keys")
             continue
         keys = flatten(keys)
-        problems += _controlled_keys(keys, f"attacks.{label}")
+        problems += _controlled_keys(keys, f"attacks.{label}", pretrain_rounds)
         if label == NO_ATTACK:
             keys.setdefault("attack.num-attackers", 0)
         elif "attack.name" not in keys and label in ATTACKS:
@@ -240,7 +257,7 @@ def parse_grid(data: dict[str, Any], default_name: str = "bench", source: str = 
             problems.append(f"grid key 'defences.{label}': expected a table of run keys")
             continue
         keys = flatten(keys)
-        problems += _controlled_keys(keys, f"defences.{label}")
+        problems += _controlled_keys(keys, f"defences.{label}", pretrain_rounds)
         keys.setdefault("strategy.name", label)
         defences[label] = keys
 
@@ -252,15 +269,25 @@ def parse_grid(data: dict[str, Any], default_name: str = "bench", source: str = 
                 )
     if problems:
         raise ConfigError(problems)
-    return Grid(name=name, base=base, attacks=attacks, defences=defences, seeds=list(seeds), source=source)
+    return Grid(
+        name=name,
+        base=base,
+        attacks=attacks,
+        defences=defences,
+        seeds=list(seeds),
+        source=source,
+        pretrain_rounds=pretrain_rounds,
+    )
 
 
-def _controlled_keys(keys: dict[str, Any], where: str) -> list[str]:
+def _controlled_keys(keys: dict[str, Any], where: str, pretrain_rounds: int = 0) -> list[str]:
+    controlled = CELL_KEYS + (("model.init",) if pretrain_rounds else ())
     return [
         f"grid key '{where}.{key}': the bench sets '{key}' for every cell"
         + (" (list seeds in the top-level 'seeds')" if key == "seed" else "")
+        + (" (it starts from the grid's pre-training: drop 'pretrain-rounds' to set it)" if key == "model.init" else "")
         for key in keys
-        if key in CELL_KEYS
+        if key in controlled
     ]
 
 
@@ -376,6 +403,12 @@ def plan_grid(grid: Grid, out: Path, only: str | None = None) -> tuple[list[Plan
     out = Path(out).expanduser().resolve()
     problems: dict[str, list[str]] = {}
     planned: list[PlannedCell] = []
+    for seed in grid.seeds if grid.pretrain_rounds else []:
+        try:
+            check_existing(pretraining_config(grid.base, grid.pretrain_rounds, seed, out), seed, out)
+        except ConfigError as error:
+            for problem in error.problems:
+                problems.setdefault(problem, []).append(f"pretraining__seed{seed}")
     for cell in grid.cells():
         cell_dir = cell_dir_of(out, cell.name)
         try:
@@ -491,6 +524,12 @@ def run_grid(
 
     counts = {"skipped": 0, "done": 0, "failed": 0}
     todo = [p for p in selected if p.state.done is None]
+    for seed in sorted({p.cell.seed for p in todo}) if grid.pretrain_rounds else []:
+        config = pretraining_config(grid.base, grid.pretrain_rounds, seed, out)
+        began = time.perf_counter()
+        weights, ran = ensure_pretrained(config, seed, out, runner, quiet=not verbose)
+        if ran:
+            console.print(f"pre-trained seed {seed}: {grid.pretrain_rounds} clean FedAvg rounds ({time.perf_counter() - began:.0f} s) -> {weights}")
     counts["skipped"] = len(selected) - len(todo)
     console.print(
         f"[bold]bench {grid.name}[/]: {len(selected)} cells selected, {counts['skipped']} already done, "
@@ -678,7 +717,7 @@ EXPLANATION = (
     "Made by `flowerbed bench` from the run folders under `cells/` (summary.json, metrics.jsonl). "
     "Values are mean ± sample standard deviation over the finished seeds (one seed: the value alone; "
     "`(n/N)`: only n of the N finished seeds have it). ASR is the final-round attack success rate, "
-    "averaged over an attack's backdoors in the overview; *ASR +30* is the ASR 30 rounds after a "
+    "averaged over an attack's backdoors in the overview; *ASR +10*/*+30* is the ASR 10/30 rounds after a "
     "backdoor's last attack round (— when the run ends sooner). Detection scores are pooled over all "
     "rounds of a run; precision is — when the defence flagged nobody, and all three are — for a "
     "strategy that does not report whom it flagged."
@@ -702,12 +741,21 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
         + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         + ".",
         "",
+        *(
+            [
+                f"Every cell starts from a model pre-trained for {manifest['pretrain_rounds']} clean FedAvg rounds "
+                "on the base federation (one per seed, in `pretraining/`); round numbers count from there.",
+                "",
+            ]
+            if manifest.get("pretrain_rounds")
+            else []
+        ),
         EXPLANATION,
         "",
         "## Overview",
         "",
-        "| attack | defence | seeds done | clean acc | final ASR | ASR +30 | det. precision | det. recall | det. FPR |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| attack | defence | seeds done | clean acc | final ASR | ASR +10 | ASR +30 | det. precision | det. recall | det. FPR |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for attack, defence, members in _groups(rows, manifest):
         done = [r for r in members if r["status"] == "done"]
@@ -719,6 +767,7 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
             f"{n}/{len(members)}",
             format_stat([r["clean_acc"] for r in done], n),
             format_stat([r["asr_final_mean"] for r in done], n) if has_backdoors else "—",
+            format_stat([r["asr_plus_10_mean"] for r in done], n) if has_backdoors else "—",
             format_stat([r["asr_plus_30_mean"] for r in done], n) if has_backdoors else "—",
             format_stat([r["detection_precision"] for r in done], n),
             format_stat([r["detection_recall"] for r in done], n),

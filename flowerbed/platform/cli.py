@@ -155,7 +155,10 @@ def _command_check_flwr_args(args: argparse.Namespace) -> int:
     scripts/flwr-local.sh calls this before starting a SuperLink, so bad input fails
     in a second with the key named, and the federation gets the right size.
     """
+    from flowerbed.platform.initial_model import initial_weights_path
+
     config = parse_run_config(flwr_run_overrides(args.flwr_args))
+    initial_weights_path(config)
     print(config.num_clients)
     return 0
 

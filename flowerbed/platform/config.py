@@ -85,6 +85,9 @@ class PartitionConfig(Section):
 
 class ModelConfig(Section):
     name: str = Field("cnn", description="model name (see `flowerbed list`)")
+    init: str = Field(
+        "", description="start from these weights: a state-dict file or a finished run folder (its model.pt); '' = fresh"
+    )
 
 
 class PluginSection(BaseModel):

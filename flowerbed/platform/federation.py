@@ -27,6 +27,7 @@ from flowerbed.platform.progress import Progress
 from flowerbed.platform.recorder import Recorder
 from flowerbed.platform.roles import AttackPlan
 from flowerbed.platform.sanitize import sanitize_replies
+from flowerbed.platform.initial_model import load_initial_weights
 from flowerbed.platform.seeding import derive_seed, seed_torch
 from flowerbed.platform.summary import build_summary, detection_scores
 from flowerbed.platform.workload import Workload
@@ -126,6 +127,8 @@ def run_rounds(
         model.load_state_dict(state)
         start_round = done + 1
         progress.note(f"resuming after round {done}")
+    elif load_initial_weights(model, config):
+        progress.note(f"starting from the weights in {config.model.init}")
     arrays = ArrayRecord(model.state_dict())
     sampler = RoundSampler(config, plan)
     train_config = config_record(config)

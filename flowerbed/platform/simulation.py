@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 from flowerbed.platform.config import RunConfig, parse_run_config
+from flowerbed.platform.initial_model import initial_weights_path
 from flowerbed.platform.server_app import RunOutcome, check_resume, make_server_app
 
 OFFLINE_ENV = {
@@ -34,6 +35,7 @@ def run_experiment(config: RunConfig | dict[str, Any], quiet: bool = False) -> R
         config = parse_run_config(config)
     if config.resume:
         check_resume(config)  # fail before starting the simulation engine
+    initial_weights_path(config)  # likewise for a missing model.init
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     from flwr.simulation import run_simulation
