@@ -7,7 +7,7 @@ backdoors that *persist* after the attack stops, without notable loss of main-ta
 accuracy. Checked here on the embedded ``digits-rgb32`` data: with 3 attackers and
 3 target classes, every backdoor's ASR must still be >= 93% 30 rounds after the
 attack ends, and clean accuracy within 2 points of the same federation without
-attackers. Five arms share the federation, the seed and the pre-trained model:
+attackers. All arms share the federation, the seed and the pre-trained model:
 
 - ``no-attack``: the reference federation (its final model is also scored with
   the DMBA triggers, as the false-trigger rate of a clean model);
@@ -17,7 +17,11 @@ attackers. Five arms share the federation, the seed and the pre-trained model:
 - ``dmba-no-replay``: ``attack.dmba.replay=none``;
 - ``single-target``: ``experiments/single-target-baseline.toml``, three independent
   BadNets-style attackers (checkerboard patches in different corners, no replay),
-  same targets, schedule, attacker training and update scaling.
+  same targets, schedule, attacker training and update scaling;
+- ``dmba-alone-<k>`` (one per attacker): interference. The DMBA federation with no
+  replay where only attacker k poisons (the others are forced *control* attackers,
+  poison fraction 0: same training and participation, no trigger), so backdoor k's
+  ASR alone is compared with its ASR beside the other backdoors.
 
 Pre-training is run once: the no-attack arm's first ``start-round - 1`` rounds. Each
 attack arm's run folder is seeded with those rounds (``metrics.jsonl``,
@@ -31,6 +35,8 @@ cross-trigger confusion) and writes it to ``--out``. Runs go to ``--runs-dir``,
 ``--parallel`` of them at a time (``flowerbed run`` subprocesses).
 
     OMP_NUM_THREADS=1 python benchmarks/dmba_reproduction.py --out dmba-results.md
+    OMP_NUM_THREADS=1 python benchmarks/dmba_reproduction.py --out alone.md --arms dmba-alone-0,dmba-alone-1,dmba-alone-2
+    python benchmarks/dmba_reproduction.py --out all.md --report-only no-attack=RUN_DIR dmba=RUN_DIR ...
     OMP_NUM_THREADS=1 python benchmarks/dmba_reproduction.py --quick --out quick.md   # a few minutes
 """
 
@@ -101,10 +107,19 @@ def build_arms(quick: bool, overrides: dict[str, Any], runs_dir: Path) -> list[A
         Arm("dmba-no-replay", "DMBA, no replay", {**dmba, "attack.dmba.replay": "none"}),
         Arm("single-target", "3 x single-target BadNets (corner patches)", dict(baseline)),
     ]
+    # Interference: each backdoor alone. The same three forced attackers with the same
+    # triggers and training, no replay, but only attacker k poisons (the others are control
+    # attackers with poison fraction 0), so backdoor k's ASR here is its ASR without the others.
+    count = int(dmba["attack.num-attackers"])
+    fraction = str(dmba["attack.poison-fraction"])
+    for k in range(count):
+        fractions = ",".join(fraction if j == k else "0" for j in range(count))
+        alone = {**dmba, "attack.dmba.replay": "none", "attack.poison-fraction": fractions}
+        arms.append(Arm(f"dmba-alone-{k}", f"DMBA, backdoor {k} alone (no replay)", alone))
     for arm in arms:
         arm.flat.update(common)
         arm.flat["experiment"] = f"dmba-repro-{arm.slug}"
-        arm.config  # validate now, before anything runs
+        _ = arm.config  # validate now, before anything runs
     return arms
 
 
@@ -140,10 +155,11 @@ def seed_from_pretraining(pretrained: Path, arm: Arm, runs_dir: Path) -> Path:
     return folder
 
 
-def run_all(arms: list[Arm], runs_dir: Path, parallel: int) -> dict[str, Path]:
-    """Pre-train once, seed every attack arm from it, resume all arms; slug -> run folder."""
+def run_all(arms: list[Arm], runs_dir: Path, parallel: int, reference: Arm) -> dict[str, Path]:
+    """Pre-train once (``reference``'s first rounds), seed every attack arm from it, resume
+    all ``arms``; slug -> run folder. If ``reference`` is not among ``arms``, its folder holds
+    only the pre-training."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    reference = next(arm for arm in arms if arm.slug == "no-attack")
     starts = {s for arm in arms if arm.config.attack.num_attackers for s in arm.config.attack.start_round}
     pretraining_rounds = min(starts) - 1
     began = time.perf_counter()
@@ -169,7 +185,7 @@ def run_all(arms: list[Arm], runs_dir: Path, parallel: int) -> dict[str, Path]:
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         for future in [pool.submit(launch, arm) for arm in arms]:
             future.result()
-    return folders
+    return {slug: folder for slug, folder in folders.items() if any(arm.slug == slug for arm in arms)}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -254,7 +270,7 @@ def markdown_report(arms: list[Arm], folders: dict[str, Path], quick: bool) -> s
         arm.slug: trigger_report(arm, folders[arm.slug], score_with=dmba_arm if arm.slug == "no-attack" else None)
         for arm in arms
     }
-    reference_acc = results["no-attack"]["clean_acc"]
+    reference_acc = results["no-attack"]["clean_acc"]  # main() makes sure the reference and dmba arms are there
     config = dmba_arm.config
     attack = config.attack
     lines = [
@@ -290,7 +306,9 @@ def markdown_report(arms: list[Arm], folders: dict[str, Path], quick: bool) -> s
                 str(b["below_50"]) if b["below_50"] is not None else f"> {b['below_50_at_least']}"
                 for b in backdoors
             ]
-            if any(v is None for v in plus_30):
+            if arm.slug.startswith("dmba-alone-"):
+                claim = "- (control)"
+            elif any(v is None for v in plus_30):
                 claim = "n/a (run too short)"
             else:
                 met = min(plus_30) >= PERSISTENCE_THRESHOLD and abs(delta) <= CLEAN_GAP_POINTS
@@ -322,6 +340,26 @@ def markdown_report(arms: list[Arm], folders: dict[str, Path], quick: bool) -> s
                 f"| {label} | {row['name']} | {row['where']} | {row['target']} | {row['psnr']:.1f} | "
                 f"{row['ssim']:.3f} | {_pct(row['final_asr'])} | {_pct(row['confusion'])} |"
             )
+    alone = {int(arm.slug.rsplit("-", 1)[1]): results[arm.slug] for arm in arms if arm.slug.startswith("dmba-alone-")}
+    if alone:
+        together = {slug: list(results[slug]["backdoors"].values()) for slug in ("dmba-no-replay", "dmba") if slug in results}
+        lines += [
+            "",
+            "Interference (ASR % at the end of the attack / +30 rounds later): each backdoor alone (only its "
+            "attacker poisons; the other two are forced control attackers with poison fraction 0), with the "
+            "other two backdoors (no replay), and with the others and replay:",
+            "",
+            "| backdoor | target | alone | with the others, no replay | with the others + replay |",
+            "|---|---:|---|---|---|",
+        ]
+        for k, result in sorted(alone.items()):
+            own = list(result["backdoors"].values())[k]
+            cells = [f"dmba-{k}", str(attack.targets[k] if len(attack.targets) > k else attack.targets[0])]
+            cells.append(f"{_pct(own['at_end'])} / {_pct(own['plus_30'])}")
+            for slug in ("dmba-no-replay", "dmba"):
+                entry = together.get(slug, [None] * (k + 1))[k]
+                cells.append("-" if entry is None else f"{_pct(entry['at_end'])} / {_pct(entry['plus_30'])}")
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Run folders and wall time (s, sum of round times after pre-training is shared):", ""]
     for arm in arms:
         result = results[arm.slug]
@@ -338,16 +376,28 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "dmba-reproduction", help="where run folders go")
     parser.add_argument("--parallel", type=int, default=2, help="simulations at a time (each uses every core)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every arm")
+    parser.add_argument("--arms", help="comma list of arms to run (default: all); pre-training is always run")
     parser.add_argument("--report-only", nargs="*", metavar="SLUG=RUN_DIR", help="re-make the report from finished runs")
     args = parser.parse_args()
 
     overrides = dict(parse_assignment(item) for item in args.set)
     arms = build_arms(args.quick, overrides, args.runs_dir.resolve())
+    slugs = [arm.slug for arm in arms]
     if args.report_only is not None:
         folders = {slug: Path(path) for slug, path in (item.split("=", 1) for item in args.report_only)}
+        unknown = sorted(set(folders) - set(slugs))
     else:
-        folders = run_all(arms, args.runs_dir.resolve(), args.parallel)
-    report = markdown_report(arms, folders, args.quick)
+        chosen = args.arms.split(",") if args.arms else slugs
+        unknown = sorted(set(chosen) - set(slugs))
+        if not unknown:
+            reference = arms[slugs.index("no-attack")]
+            folders = run_all([arm for arm in arms if arm.slug in chosen], args.runs_dir.resolve(), args.parallel, reference)
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {', '.join(unknown)}; the arms are {', '.join(slugs)}")
+    missing = [slug for slug in ("no-attack", "dmba") if slug not in folders]
+    if missing:
+        raise SystemExit(f"the report needs the arms {', '.join(missing)} (give their run folders with --report-only)")
+    report = markdown_report([arm for arm in arms if arm.slug in folders], folders, args.quick)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

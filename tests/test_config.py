@@ -49,6 +49,8 @@ def test_dotted_keys_and_plugin_tables_are_parsed():
         ({"attack.num-attackers": 1, "attack.name": "no.such.module:Attack"}, "attack.name"),
         ({"attack.num-attackers": 1, "attack.name": "badnets", "attack.start-round": 9, "attack.end-round": 3}, "attack.start-round"),
         ({"attack.num-attackers": 1, "attack.name": "badnets", "attack.attacker-ids": "99"}, "attack.attacker-ids"),
+        ({"attack.num-attackers": 1, "attack.name": "badnets", "attack.poison-fraction": 1.5}, "attack.poison-fraction"),
+        ({"attack.num-attackers": 2, "attack.name": "badnets", "attack.poison-fraction": "0,0"}, "attack.poison-fraction"),
         ({"strategy.krum.not-a-param": 1}, "strategy.krum.not-a-param"),
         ({"strategy.nosuch.x": 1}, "strategy.nosuch"),
     ],
@@ -57,6 +59,11 @@ def test_bad_input_names_the_key(flat, named_key):
     with pytest.raises(ConfigError) as error:
         parse_run_config(flat)
     assert named_key in str(error.value)
+
+
+def test_a_control_attacker_may_poison_nothing_beside_others():
+    config = parse_run_config({"attack.num-attackers": 2, "attack.name": "dmba", "attack.poison-fraction": "0.3,0"})
+    assert config.attack.poison_fraction == (0.3, 0.0)
 
 
 def test_pyproject_declares_every_key_with_its_default():

@@ -9,6 +9,8 @@ The grid file (TOML)::
 
     name = "bench-dmba"            # optional; default: the file's stem
     seeds = [0, 1]                 # one cell per seed (sets the run key `seed`)
+    pretrain-rounds = 20           # optional: every cell starts from a clean FedAvg pre-training of
+                                   # [base] (once per seed, <out>/pretraining/; see bench_pretraining.py)
     defences = ["fedavg", "krum"]  # or tables: [defences.<label>] with run keys
     [base]                         # run keys shared by every cell (flat or nested)
     num-server-rounds = 40

@@ -111,7 +111,11 @@ class AttackConfig(PluginSection):
     attacker_ids: IntList = Field((), alias="attacker-ids", description="partition ids of the attackers; empty = seeded choice")
     targets: IntList = Field((0,), description="target class per attacker")
     trigger: CommaList = Field((), description="trigger per attacker; empty = each attack's default")
-    poison_fraction: FloatList = Field((0.5,), alias="poison-fraction", description="share of each batch poisoned")
+    poison_fraction: FloatList = Field(
+        (0.5,),
+        alias="poison-fraction",
+        description="share of each batch poisoned; 0 = a control attacker that trains like one but plants nothing",
+    )
     start_round: IntList = Field((1,), alias="start-round", description="first attack round per attacker")
     end_round: IntList = Field((0,), alias="end-round", description="last attack round per attacker; 0 = last round")
     every: IntList = Field((1,), description="attack every k-th round inside the window")
@@ -363,8 +367,10 @@ def _check_consistency(config: RunConfig) -> list[str]:
     if num_classes is not None and any(t < 0 or t >= num_classes for t in attack.targets):
         problems.append(f"key 'attack.targets': {attack.targets} outside the label set 0..{num_classes - 1}")
     for fraction in attack.poison_fraction:
-        if not 0 < fraction <= 1:
-            problems.append(f"key 'attack.poison-fraction': {fraction} is not in (0, 1]")
+        if not 0 <= fraction <= 1:
+            problems.append(f"key 'attack.poison-fraction': {fraction} is not in [0, 1]")
+    if attack.poison_fraction and max(attack.poison_fraction) == 0:
+        problems.append("key 'attack.poison-fraction': every attacker poisons 0% (0 is for a control attacker beside others)")
     rounds = config.num_server_rounds
     for start, end in zip(per_attacker(attack.start_round, count), per_attacker(attack.end_round, count)):
         end = end or rounds
