@@ -5,10 +5,14 @@ float32, 10 classes) and ``--clients`` random client models in memory, then
 times each strategy's ``aggregate_train`` on fresh Flower reply Messages
 ("end-to-end": reading the ArrayRecords, the rule, building the new model).
 For the defences flowerbed implements on the update matrix it also times the
-rule alone on an already-flattened ``UpdateBatch`` ("rule"). Prints a
-markdown table. Memory: about 3 x clients x 45 MB (13.5 GB for 100 clients).
+rule alone on an already-flattened ``UpdateBatch`` ("rule"). With
+``--flower-reference`` it also times Flower's own strategy for the rules
+flowerbed reimplements (median, trimmed mean, Krum, Multi-Krum, Bulyan).
+Prints a markdown table. Memory: the client models (clients x 45 MB) plus,
+per defence, up to two more copies (the update matrix; Flower's Krum family
+stacks every model in float64, four more copies).
 
-    OMP_NUM_THREADS=1 python benchmarks/aggregation.py [--clients 100] [--only krum,flame]
+    OMP_NUM_THREADS=1 python benchmarks/aggregation.py [--clients 100] [--only krum,flame] [--flower-reference]
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import numpy as np
 import torch
 import torchvision
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import strategy as flwr_strategy
 from flwr.supercore.task_identity import TaskIdentity
 
 from flowerbed.platform.registry import STRATEGIES
-from flowerbed.strategies.server_model import ServerModelHooks
+from flowerbed.platform.server_model import ServerModelHooks
 from flowerbed.strategies.update_defence import UpdateDefence
 from flowerbed.strategies.updates import UpdateBatch
 
@@ -39,9 +44,34 @@ COST = {
     "foolsgold": "O(n^2 d): cosine Gram matrix of the histories",
     "freqfed": "O(n d log d) DCT + O(n^2 k) cosine matrix",
     "deepsight": "O(n^2) clustering on the output layer only (DDifs off: no model here)",
-    "median": "O(n d) selection along the client axis; numpy's strided median is slow",
-    "trimmed-mean": "O(n d) partition along the client axis; same memory pattern as median",
+    "median": "O(n d log n): sort each coordinate's n values (cache-sized blocks)",
+    "trimmed-mean": "O(n d log n): sort each coordinate's n values (cache-sized blocks)",
 }
+
+# Rules flowerbed computes block by block from the replies (robust_aggregation/coordinatewise.py,
+# krum_selection.py): they hold no copy of the client models. Everything else may hold two.
+BLOCKWISE = {"median", "trimmed-mean", "krum", "multi-krum", "bulyan"}
+
+
+def flower_twin(name: str, num_clients: int):
+    """Flower's own strategy computing the same aggregate as ``name`` (parameters as in :func:`build`)."""
+    num_malicious = (num_clients - 3) // 4
+    return {
+        "median": lambda: flwr_strategy.FedMedian(),
+        "trimmed-mean": lambda: flwr_strategy.FedTrimmedAvg(beta=0.2),
+        "krum": lambda: flwr_strategy.Krum(num_malicious_nodes=num_malicious),
+        "multi-krum": lambda: flwr_strategy.MultiKrum(
+            num_malicious_nodes=num_malicious, num_nodes_to_select=num_clients - num_malicious
+        ),
+        "bulyan": lambda: flwr_strategy.Bulyan(num_malicious_nodes=num_malicious),
+    }[name]()
+
+
+def copies_needed(name: str, flower: bool) -> int:
+    """Extra copies of the client models one measurement may hold (Flower's Krum family: float64, so 2 x 2)."""
+    if flower:
+        return 4 if name in {"krum", "multi-krum", "bulyan"} else 1
+    return 0 if name in BLOCKWISE else 2
 
 
 class BenchGrid:
@@ -109,33 +139,38 @@ def build(name: str, num_clients: int, root: ServerModelHooks):
     return STRATEGIES.get(name)(params, fraction_train=1.0, num_clients_per_round=num_clients, seed=0, root_data=root)
 
 
-def time_one(name: str, rule_only: bool, setup: dict, connection) -> None:
-    """Child process: time one strategy (the rule alone, or aggregate_train end to end); send (seconds, flagged)."""
+def time_one(name: str, rule_only: bool, setup: dict, connection, flower: bool = False) -> None:
+    """Child process: time one strategy (the rule alone, or aggregate_train end to end).
+
+    Sends (wall seconds, CPU seconds of this process, flagged); on a shared machine the CPU time is the steadier number.
+
+    ``flower``: time Flower's own strategy for ``name`` instead (flagged is then -1: Flower does not report it).
+    """
     clients, global_record, root = setup["clients"], setup["global_record"], setup["root"]
-    strategy = build(name, len(clients), root)
+    strategy = flower_twin(name, len(clients)) if flower else build(name, len(clients), root)
     strategy.configure_train(1, global_record, ConfigRecord(), BenchGrid(len(clients)))
     replies = replies_from(clients)
     if rule_only:
         batch = UpdateBatch.from_contents([reply.content for reply in replies], global_record)
         del replies
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = strategy.aggregate_updates(batch, 1)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         flagged = int((~result.accepted).sum())
     else:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         arrays, _ = strategy.aggregate_train(1, replies)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         assert arrays is not None, name
-        flagged = len(strategy.last_flagged)
-    connection.send((seconds, flagged))
+        flagged = -1 if flower else len(strategy.last_flagged)
+    connection.send((seconds, cpu_seconds, flagged))
 
 
-def measure(name: str, rule_only: bool, setup: dict) -> tuple[float, int] | None:
+def measure(name: str, rule_only: bool, setup: dict, flower: bool = False) -> tuple[float, float, int] | None:
     """Run :func:`time_one` in a forked child (it shares the client arrays; its memory is freed on exit)."""
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=time_one, args=(name, rule_only, setup, sender), daemon=True)
+    child = context.Process(target=time_one, args=(name, rule_only, setup, sender, flower), daemon=True)
     child.start()
     child.join()
     return receiver.recv() if child.exitcode == 0 and receiver.poll() else None
@@ -146,6 +181,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--only", default="", help="comma-separated strategy names (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--flower-reference",
+        action="store_true",
+        help="also time Flower's own strategy for median, trimmed-mean, krum, multi-krum and bulyan",
+    )
     args = parser.parse_args()
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     logging.getLogger("flwr").setLevel(logging.ERROR)
@@ -153,12 +193,14 @@ def main() -> None:
     names = args.only.split(",") if args.only else STRATEGIES.names()
     global_model = resnet18_global(args.seed)
     model_bytes = sum(value.nbytes for value in global_model.values())
-    needed = 3 * args.clients * model_bytes + (1 << 30)
+    references = [name for name in names if args.flower_reference and name in BLOCKWISE]
+    copies = 1 + max([copies_needed(name, False) for name in names] + [copies_needed(name, True) for name in references])
+    needed = copies * args.clients * model_bytes + (1 << 30)
     available = available_memory()
     if needed > available:
         raise SystemExit(
-            f"needs about {needed / 2**30:.1f} GB (3 copies of {args.clients} models), {available / 2**30:.1f} GB free;"
-            " pass a smaller --clients"
+            f"needs about {needed / 2**30:.1f} GB ({copies} copies of {args.clients} models), {available / 2**30:.1f} GB"
+            " free; pass a smaller --clients or fewer --only names"
         )
     num_parameters = sum(v.size for v in global_model.values() if np.issubdtype(v.dtype, np.floating))
     root_model = ArrayRecord({key: Array(np.asarray(value + 0.001)) for key, value in global_model.items()})
@@ -172,16 +214,29 @@ def main() -> None:
         f"{args.clients} clients x {num_parameters / 1e6:.2f}M float32 parameters (ResNet-18, 10 classes);"
         f" torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}\n"
     )
-    print("| defence | end-to-end aggregate_train (s) | rule on the update matrix (s) | flagged | cost |")
-    print("|---|---:|---:|---:|---|")
+    reference_header = " Flower's own strategy, end-to-end (s) |" if references else ""
+    print(
+        "| defence | end-to-end aggregate_train (s) | end-to-end CPU (s) | rule on the update matrix (s) |"
+        f"{reference_header} flagged | cost |"
+    )
+    print("|---|---:|---:|---:|" + ("---:|" if references else "") + "---:|---|")
+
+    def seconds(result: tuple[float, float, int] | None, column: int = 0) -> str:
+        return "killed (out of memory?)" if result is None else f"{result[column]:.2f}"
+
     for name in names:
         end_to_end = measure(name, False, setup)
         rule = measure(name, True, setup) if issubclass(STRATEGIES.get(name), UpdateDefence) else None
-        e2e_text = "killed (out of memory?)" if end_to_end is None else f"{end_to_end[0]:.2f}"
-        rule_text = "-" if rule is None else f"{rule[0]:.2f}"
-        flagged = "-" if end_to_end is None else str(end_to_end[1])
-        print(f"| {name} | {e2e_text} | {rule_text} | {flagged} | {COST.get(name, 'O(n d)')} |", flush=True)
-
+        rule_text = "-" if rule is None else seconds(rule)
+        reference_text = ""
+        if references:
+            reference_text = f" {seconds(measure(name, False, setup, flower=True))} |" if name in references else " - |"
+        flagged = "-" if end_to_end is None else str(end_to_end[2])
+        print(
+            f"| {name} | {seconds(end_to_end)} | {seconds(end_to_end, 1)} | {rule_text} |{reference_text} {flagged}"
+            f" | {COST.get(name, 'O(n d)')} |",
+            flush=True,
+        )
 
 if __name__ == "__main__":
     main()

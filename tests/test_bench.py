@@ -298,3 +298,18 @@ def test_pretraining_runs_once_per_seed_and_every_cell_starts_from_it(tmp_path, 
     write_grid(tmp_path, cache_dir, text, extra='"model.init" = "elsewhere.pt"\n')
     with pytest.raises(ConfigError, match=r"grid key 'attacks\.badnets\.model\.init'"):
         bench.read_grid(grid_path)
+
+
+def test_a_failed_pretraining_is_recorded_and_its_cells_do_not_run(tmp_path, cache_dir):
+    text = GRID_TOML.replace('seeds = [0]\n', 'seeds = [0]\npretrain-rounds = 2\n')
+    grid_path = write_grid(tmp_path, cache_dir, text)
+    out = tmp_path / "out"
+
+    def pretraining_breaks(config, quiet):
+        assert config.experiment == "pretraining__seed0", f"{config.experiment} ran without its pre-trained model"
+        raise RuntimeError("the simulation engine did not start")
+
+    counts = bench.run_grid(bench.read_grid(grid_path), out, runner=pretraining_breaks)
+    assert counts == {"skipped": 0, "done": 0, "failed": 4}
+    assert "the simulation engine did not start" in (out / "pretraining" / "seed0-error.txt").read_text()
+    assert not (out / "pretraining" / "seed0.pt").exists()

@@ -10,11 +10,14 @@ import scipy.stats
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import strategy as flwr_strategy
+from flwr.serverapp.strategy.multikrum import compute_distances
 from flwr.supercore.task_identity import TaskIdentity
 
 from flowerbed.platform.registry import STRATEGIES
 from flowerbed.platform.sanitize import sanitize_replies
 from flowerbed.platform.server_model import ServerModelHooks
+from flowerbed.strategies.robust_aggregation.coordinatewise import closest_to_median_window
+from flowerbed.strategies.robust_aggregation.krum_selection import squared_distances
 
 SHAPES = {"hidden.weight": (6, 5), "hidden.bias": (6,), "out.weight": (4, 6), "out.bias": (4,)}
 FLOAT_SIZE = sum(math.prod(shape) for shape in SHAPES.values())
@@ -194,14 +197,117 @@ FLOWER_TWINS = [
 ]
 
 
+# flowerbed computes these rules itself (robust_aggregation/coordinatewise.py, krum_selection.py);
+# trimmed mean and Bulyan sum their kept float32 values in another order than Flower: round-off.
+SUMS_IN_ANOTHER_ORDER = {"trimmed-mean", "bulyan"}
+
+
+def assert_same_aggregate(ours: ArrayRecord, theirs: ArrayRecord, exact: bool) -> None:
+    """Same keys, shapes and dtypes (an integer array's median is float64, as in Flower) and values."""
+    assert list(ours.keys()) == list(theirs.keys())
+    for key in theirs:
+        mine, flowers = ours[key].numpy(), theirs[key].numpy()
+        assert (mine.dtype, mine.shape) == (flowers.dtype, flowers.shape), key
+        if exact:
+            np.testing.assert_array_equal(mine, flowers, err_msg=key)
+        else:  # a few ulps of the values summed
+            tolerance = 8 * np.finfo(flowers.dtype).eps * max(1.0, float(np.abs(flowers).max()))
+            np.testing.assert_allclose(mine, flowers, rtol=0, atol=tolerance, err_msg=key)
+
+
+@pytest.mark.parametrize("scenario", ["aligned", "diverse"])
 @pytest.mark.parametrize(("name", "params", "flower"), FLOWER_TWINS, ids=[t[0] for t in FLOWER_TWINS])
-def test_aggregate_equals_flowers(name, params, flower):
+def test_aggregate_equals_flowers(name, params, flower, scenario):
+    """10 clients (an even count: the median averages the two middle values); "diverse" has identical sybils."""
     base = global_model()
-    models = client_models(scenario_updates("aligned"), base)
+    models = client_models(scenario_updates(scenario), base)
     ours, _ = run_round(build(name, params), base, models)
     theirs, _ = flower().aggregate_train(1, make_replies(models))
-    for key in base:
-        np.testing.assert_array_equal(as_numpy(ours)[key], as_numpy(theirs)[key])
+    assert_same_aggregate(ours, theirs, exact=name not in SUMS_IN_ANOTHER_ORDER)
+
+
+def wide_models(num_clients: int, seed: int = 3) -> list[dict[str, np.ndarray]]:
+    """Client models with a float32 array spanning several blocks of the coordinate-wise kernels, a float32
+    scalar, a float64 array and an int64 counter that differs between clients."""
+    rng = np.random.default_rng(seed)
+    base = {
+        "conv.weight": rng.normal(size=(3, 7, 1000)).astype(np.float32),
+        "scale": np.array(0.5, dtype=np.float32),
+        "bn.num_batches_tracked": np.array(100, dtype=np.int64),
+        "double": rng.normal(size=5),
+    }
+    models = []
+    for _ in range(num_clients):
+        model = {key: (value + 0.1 * rng.normal(size=value.shape)).astype(value.dtype) for key, value in base.items()}
+        model["bn.num_batches_tracked"] = base["bn.num_batches_tracked"] + rng.integers(0, 5)
+        models.append(model)
+    return models
+
+
+WIDE_TWINS = [
+    ("median", None, 11, lambda: flwr_strategy.FedMedian()),
+    ("median", None, 12, lambda: flwr_strategy.FedMedian()),
+    ("trimmed-mean", {"beta": 0.1}, 11, lambda: flwr_strategy.FedTrimmedAvg(beta=0.1)),  # int(1.1) = 1 cut per tail
+    ("trimmed-mean", {"beta": 0.3}, 10, lambda: flwr_strategy.FedTrimmedAvg(beta=0.3)),  # int(3.0000000000000004) = 3
+    ("trimmed-mean", {"beta": 0.29}, 100, lambda: flwr_strategy.FedTrimmedAvg(beta=0.29)),  # int(28.999999999999996)
+    ("trimmed-mean", {"beta": 0.0}, 11, lambda: flwr_strategy.FedTrimmedAvg(beta=0.0)),
+    ("krum", {"num-malicious": 2}, 12, lambda: flwr_strategy.Krum(num_malicious_nodes=2)),
+    (
+        "multi-krum",
+        {"num-malicious": 2, "num-selected": 6},
+        11,
+        lambda: flwr_strategy.MultiKrum(num_malicious_nodes=2, num_nodes_to_select=6),
+    ),
+    ("bulyan", {"num-malicious": 2}, 11, lambda: flwr_strategy.Bulyan(num_malicious_nodes=2)),  # theta 7: odd
+    ("bulyan", {"num-malicious": 2}, 12, lambda: flwr_strategy.Bulyan(num_malicious_nodes=2)),  # theta 8: even
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "num_clients", "flower"), WIDE_TWINS, ids=[f"{t[0]}-{t[1]}-{t[2]}" for t in WIDE_TWINS]
+)
+def test_aggregate_equals_flowers_across_blocks_dtypes_and_client_counts(name, params, num_clients, flower):
+    models = wide_models(num_clients)
+
+    def replies() -> list[Message]:
+        return [
+            Message(
+                content=RecordDict(
+                    {
+                        "arrays": to_record(model),
+                        "metrics": MetricRecord({"num-examples": 10 + index, "partition-id": index}),
+                    }
+                ),
+                dst_node_id=index + 1,
+                message_type=MessageType.TRAIN,
+            )
+            for index, model in enumerate(models)
+        ]
+
+    strategy = STRATEGIES.get(name)(params, num_clients_per_round=num_clients, seed=0)
+    ours, _ = strategy.aggregate_train(1, replies())
+    theirs, _ = flower().aggregate_train(1, replies())
+    assert_same_aggregate(ours, theirs, exact=name not in SUMS_IN_ANOTHER_ORDER)
+
+
+@pytest.mark.parametrize("num_clients", [7, 8])
+def test_bulyan_window_holds_the_values_closest_to_the_median_despite_ties(num_clients):
+    """Small integers tie a lot: the chosen window's distances are the smallest ones (Flower's argpartition set)."""
+    values = np.sort(np.random.default_rng(num_clients).integers(-3, 4, size=(500, num_clients)), axis=1)
+    values = values.astype(np.float32)
+    distances = np.abs(values - np.median(values, axis=1, keepdims=True))
+    for count in range(1, num_clients + 1):
+        start = closest_to_median_window(values, count)
+        window = np.take_along_axis(distances, start[:, None] + np.arange(count), axis=1)
+        np.testing.assert_array_equal(np.sort(window, axis=1), np.sort(distances, axis=1)[:, :count])
+
+
+def test_krum_distances_equal_flowers_compute_distances():
+    models = wide_models(12)
+    records = [to_record(model) for model in models]
+    theirs = compute_distances(records)  # float64: the int64 counter promotes the concatenation
+    ours = squared_distances(records, list(records[0].keys()))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-9 * np.abs(theirs).max())
 
 
 def test_dp_fixed_clipping_equals_flowers_wrapper_without_noise():

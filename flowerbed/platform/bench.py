@@ -68,6 +68,7 @@ from flowerbed.platform.bench_pretraining import (
     check_existing,
     ensure_pretrained,
     pretrained_weights,
+    pretraining_error_log,
     pretraining_config,
 )
 from flowerbed.platform.config import ConfigError, RunConfig, flatten, parse_run_config
@@ -526,13 +527,26 @@ def run_grid(
 
     counts = {"skipped": 0, "done": 0, "failed": 0}
     todo = [p for p in selected if p.state.done is None]
+    counts["skipped"] = len(selected) - len(todo)
     for seed in sorted({p.cell.seed for p in todo}) if grid.pretrain_rounds else []:
         config = pretraining_config(grid.base, grid.pretrain_rounds, seed, out)
         began = time.perf_counter()
-        weights, ran = ensure_pretrained(config, seed, out, runner, quiet=not verbose)
+        try:
+            weights, ran = ensure_pretrained(config, seed, out, runner, quiet=not verbose)
+        except Exception as error:  # noqa: BLE001 - the seed's cells cannot run; the other seeds can
+            log = pretraining_error_log(out, seed)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(log, traceback.format_exc().encode())
+            blocked = [p for p in todo if p.cell.seed == seed]
+            todo = [p for p in todo if p.cell.seed != seed]
+            counts["failed"] += len(blocked)
+            console.print(
+                f"[red]pre-training seed {seed} failed[/] ({type(error).__name__}: {error}); its {len(blocked)} "
+                f"cell(s) did not run (rerun to retry; traceback in {log})"
+            )
+            continue
         if ran:
             console.print(f"pre-trained seed {seed}: {grid.pretrain_rounds} clean FedAvg rounds ({time.perf_counter() - began:.0f} s) -> {weights}")
-    counts["skipped"] = len(selected) - len(todo)
     console.print(
         f"[bold]bench {grid.name}[/]: {len(selected)} cells selected, {counts['skipped']} already done, "
         f"{len(todo)} to run; results in {out}"
@@ -547,7 +561,7 @@ def run_grid(
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task("cells", total=len(selected), completed=counts["skipped"])
+        task = progress.add_task("cells", total=len(selected), completed=counts["skipped"] + counts["failed"])
         try:
             _run_cells(todo, runner, verbose, progress, task, counts)
         except KeyboardInterrupt:  # keep what finished: tabulate it, then stop

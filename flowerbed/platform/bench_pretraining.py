@@ -33,6 +33,11 @@ def pretraining_folder(out: Path, seed: int) -> Path:
     return Path(out) / PRETRAINING / f"seed{seed}"
 
 
+def pretraining_error_log(out: Path, seed: int) -> Path:
+    """Where the traceback of a failed pre-training goes (removed once it succeeds)."""
+    return Path(out) / PRETRAINING / f"seed{seed}-error.txt"
+
+
 def pretraining_config(base: dict[str, Any], rounds: int, seed: int, out: Path) -> RunConfig:
     """The clean FedAvg run on the grid's base config that pre-trains seed ``seed``."""
     flat = {
@@ -85,5 +90,6 @@ def ensure_pretrained(config: RunConfig, seed: int, out: Path, runner, quiet: bo
         if state.done is None:
             raise RuntimeError(f"pre-training seed {seed} ended without writing summary.json in {pretraining_folder(out, seed)}")
     atomic_write_bytes(weights, (state.done / MODEL).read_bytes())
+    pretraining_error_log(out, seed).unlink(missing_ok=True)
     return weights, True
 

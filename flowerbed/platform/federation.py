@@ -35,7 +35,8 @@ from flowerbed.platform.workload import Workload
 logger = logging.getLogger("flowerbed")
 
 DISCOVERY_TIMEOUT = 600.0
-NODE_WAIT_SECONDS = 120.0
+NODE_WAIT_SECONDS = 600.0  # for the first node (Ray can take minutes to start on a loaded machine)
+NODE_SETTLE_SECONDS = 30.0  # then stop waiting once the node count has not grown for this long
 ROUND_TIMEOUT = 3600.0
 
 
@@ -80,11 +81,21 @@ def discover_partitions(grid, config: RunConfig) -> dict[int, int]:
     """Ask every node which partition it holds: partition id -> node id.
 
     Nodes may still be registering when the ServerApp starts (as Flower's own
-    ``sample_nodes`` does, wait for them, here up to ``NODE_WAIT_SECONDS``).
+    ``sample_nodes`` does, wait for them): up to ``NODE_WAIT_SECONDS`` for the
+    first, then until all ``num-clients`` are there or the count has not grown for
+    ``NODE_SETTLE_SECONDS`` (a federation smaller than the config).
     """
-    deadline = time.monotonic() + NODE_WAIT_SECONDS
-    while len(node_ids := sorted(grid.get_node_ids())) < config.num_clients and time.monotonic() < deadline:
+    began = last_change = time.monotonic()
+    seen = 0
+    while len(node_ids := sorted(grid.get_node_ids())) < config.num_clients:
+        now = time.monotonic()
+        if len(node_ids) != seen:
+            seen, last_change = len(node_ids), now
+        if (seen == 0 and now - began > NODE_WAIT_SECONDS) or (seen > 0 and now - last_change > NODE_SETTLE_SECONDS):
+            break
         time.sleep(0.5)
+    if not node_ids:
+        raise RuntimeError(f"no node registered with the ServerApp within {NODE_WAIT_SECONDS:.0f} s (is the machine overloaded?)")
     record = RecordDict({"config": config_record(config)})
     messages = [Message(content=record, message_type=MessageType.QUERY, dst_node_id=nid) for nid in node_ids]
     replies = list(grid.send_and_receive(messages, timeout=DISCOVERY_TIMEOUT))

@@ -1,16 +1,18 @@
 """Bulyan, El Mhamdi et al., ICML 2018 ("The Hidden Vulnerability of Distributed Learning
 in Byzantium"): select n - 2f clients with Multi-Krum, then average, per coordinate, the
-n - 4f values closest to the median. Flower's rule; this subclass reports the clients the
-Multi-Krum step dropped."""
+n - 4f values closest to the median. Flower's rule, computed with the block-wise Multi-Krum
+selection of :mod:`.krum_selection` and the sorted-coordinate kernel of
+:mod:`.coordinatewise`; this subclass reports the clients the Multi-Krum step dropped."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from logging import WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import strategy as flwr_strategy
-from flwr.serverapp.strategy.multikrum import select_multikrum
+from flwr.supercore import log
 from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
@@ -18,6 +20,8 @@ from flowerbed.platform.registry import STRATEGIES
 from ..base import FlowerbedStrategy, flower_kwargs
 from ..params import StrategyParams
 from flowerbed.platform.server_model import ServerModelHooks
+from .coordinatewise import bulyan_coordinate_aggregate, reply_arrays
+from .krum_selection import select_multikrum
 
 
 class BulyanParams(StrategyParams):
@@ -30,7 +34,7 @@ class BulyanParams(StrategyParams):
 
 @STRATEGIES.register("bulyan")
 class Bulyan(FlowerbedStrategy, flwr_strategy.Bulyan):
-    """Flower's Bulyan with a selection rule that remembers what Multi-Krum selected."""
+    """Flower's Bulyan; clients outside the Multi-Krum selection are flagged."""
 
     name = "bulyan"
     Params = BulyanParams
@@ -45,11 +49,10 @@ class Bulyan(FlowerbedStrategy, flwr_strategy.Bulyan):
         root_data: ServerModelHooks | None = None,
     ) -> None:
         parsed = self.init_flowerbed(params, num_clients_per_round, seed)
-        self._selected: list[RecordDict] = []
         flwr_strategy.Bulyan.__init__(
             self,
             num_malicious_nodes=parsed.num_malicious,
-            selection_rule=self._select_and_remember,
+            selection_rule=select_multikrum,
             **flower_kwargs(fraction_train, num_clients_per_round),
         )
 
@@ -62,25 +65,31 @@ class Bulyan(FlowerbedStrategy, flwr_strategy.Bulyan):
                 f" and num-malicious={params.num_malicious} (at most {(num_clients_per_round - 3) // 4} is allowed)",
             )
 
-    def _select_and_remember(
-        self, contents: list[RecordDict], num_malicious_nodes: int, num_nodes_to_select: int
-    ) -> list[RecordDict]:
-        """Flower's Multi-Krum selection (Bulyan's first step), remembered for the report."""
-        self._selected = select_multikrum(contents, num_malicious_nodes, num_nodes_to_select)
-        return self._selected
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Flower's Bulyan; clients outside the Multi-Krum selection are flagged.
+        """Flower's ``Bulyan.aggregate_train``: theta = n - 2f clients by Multi-Krum, then per coordinate
+        the mean of the beta = theta - 2f values closest to their median.
 
         Returns (None, None), like Flower, when fewer than 4f + 3 valid replies arrived.
         """
-        replies = list(replies)
-        self._selected = []
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is None:
+        valid_replies, _ = self._check_and_log_replies(replies, is_train=True)
+        if len(valid_replies) < 4 * self.num_malicious_nodes + 3:
+            log(
+                WARNING,
+                "Insufficient replies, skipping Bulyan aggregation: "
+                "Required at least %d (4*num_malicious_nodes + 3), but received %d.",
+                4 * self.num_malicious_nodes + 3,
+                len(valid_replies),
+            )
             self.clear_detection()
-        else:
-            self.record_selection([reply.content for reply in replies if not reply.has_error()], self._selected)
+            return None, None
+        contents = [reply.content for reply in valid_replies]
+        theta = len(contents) - 2 * self.num_malicious_nodes
+        beta = theta - 2 * self.num_malicious_nodes
+        selected = self.selection_rule(contents, self.num_malicious_nodes, theta)
+        records, keys = reply_arrays(selected)
+        arrays = bulyan_coordinate_aggregate(records, keys, beta)
+        metrics = self.train_metrics_aggr_fn(selected, self.weighted_by_key)
+        self.record_selection(contents, selected)
         return arrays, metrics

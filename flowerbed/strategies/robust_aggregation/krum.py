@@ -1,6 +1,7 @@
 """Krum, Blanchard et al., NeurIPS 2017 ("Machine Learning with Adversaries: Byzantine
 Tolerant Gradient Descent"): keep the one client whose model is closest to its n - f - 2
-nearest neighbours. Flower's rule; this subclass reports the clients it dropped."""
+nearest neighbours. Flower's rule, computed block by block (:mod:`.krum_selection`); this
+subclass reports the clients it dropped."""
 
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
 """Coordinate-wise median, Yin et al., ICML 2018 ("Byzantine-Robust Distributed Learning:
-Towards Optimal Statistical Rates"). Flower's FedMedian; no client is excluded as a whole,
-so nobody is flagged.
-
-Note: Flower's FedMedian pops the arrays out of the replies it aggregates.
+Towards Optimal Statistical Rates"). No client is excluded as a whole, so nobody is
+flagged. Same result as Flower's FedMedian, computed block by block on sorted
+coordinates (see :mod:`.coordinatewise`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from flwr.app import ArrayRecord
 from flwr.serverapp import strategy as flwr_strategy
 
 from flowerbed.platform.registry import STRATEGIES
@@ -17,10 +17,11 @@ from flowerbed.platform.registry import STRATEGIES
 from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
 from ..params import StrategyParams
 from flowerbed.platform.server_model import ServerModelHooks
+from .coordinatewise import CoordinatewiseAggregation, median_aggregate
 
 
 @STRATEGIES.register("median")
-class Median(FlagsNobody, FlowerbedStrategy, flwr_strategy.FedMedian):
+class Median(FlagsNobody, FlowerbedStrategy, CoordinatewiseAggregation, flwr_strategy.FedMedian):
     """Flower's FedMedian (unweighted median of each coordinate over the client models)."""
 
     name = "median"
@@ -37,3 +38,6 @@ class Median(FlagsNobody, FlowerbedStrategy, flwr_strategy.FedMedian):
     ) -> None:
         self.init_flowerbed(params, num_clients_per_round, seed)
         flwr_strategy.FedMedian.__init__(self, **flower_kwargs(fraction_train, num_clients_per_round))
+
+    def aggregate_arrays(self, records: Sequence[ArrayRecord], keys: list[str]) -> ArrayRecord:
+        return median_aggregate(records, keys)

@@ -1,6 +1,6 @@
 """Multi-Krum, Blanchard et al., NeurIPS 2017: average the m clients with the best Krum
-scores (m = n - f by default, as in the paper). Flower's rule; this subclass reports the
-clients it dropped."""
+scores (m = n - f by default, as in the paper). Flower's rule, computed block by block
+(:mod:`.krum_selection`); this subclass reports the clients it dropped."""
 
 from __future__ import annotations
 
