@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flowerbed.platform.config import ConfigError, RunConfig, parse_run_config
-from flowerbed.platform.recorder import CONFIG, MODEL
+from flowerbed.platform.recorder import CONFIG, MODEL, atomic_write_bytes
 
 PRETRAINING = "pretraining"
 # Run keys the pre-training sets itself, whatever ``base`` says.
@@ -76,7 +76,6 @@ def check_existing(config: RunConfig, seed: int, out: Path) -> None:
 def ensure_pretrained(config: RunConfig, seed: int, out: Path, runner, quiet: bool = True) -> tuple[Path, bool]:
     """Pre-train seed ``seed`` unless its weights exist; return (weights file, whether it ran now)."""
     from flowerbed.platform.bench import inspect_cell
-    from flowerbed.platform.recorder import atomic_write_bytes
 
     weights = pretrained_weights(out, seed)
     if weights.is_file():
@@ -92,4 +91,3 @@ def ensure_pretrained(config: RunConfig, seed: int, out: Path, runner, quiet: bo
     atomic_write_bytes(weights, (state.done / MODEL).read_bytes())
     pretraining_error_log(out, seed).unlink(missing_ok=True)
     return weights, True
-

@@ -23,11 +23,11 @@ from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
 from flowerbed.platform.client_app import config_record
 from flowerbed.platform.config import ConfigError, RunConfig
+from flowerbed.platform.initial_model import load_initial_weights
 from flowerbed.platform.progress import Progress
 from flowerbed.platform.recorder import Recorder
 from flowerbed.platform.roles import AttackPlan
 from flowerbed.platform.sanitize import sanitize_replies
-from flowerbed.platform.initial_model import load_initial_weights
 from flowerbed.platform.seeding import derive_seed, seed_torch
 from flowerbed.platform.summary import build_summary, detection_scores
 from flowerbed.platform.workload import Workload
