@@ -37,6 +37,8 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 from flowerbed.platform.arrays import array_view
 
+from ..updates import column_blocks
+
 # Coordinates per block: 100 clients x 8192 x 4 bytes = 3.2 MB, resident in cache while it is sorted.
 BLOCK = 8192
 
@@ -65,7 +67,7 @@ def all_float32(views: Sequence[np.ndarray]) -> bool:
     return all(view.dtype == np.float32 for view in views)
 
 
-def column_blocks(
+def client_columns(
     views: Sequence[np.ndarray], block: int = BLOCK, minus: np.ndarray | None = None
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """(coordinate slice, ``(coordinates, clients)`` float32 buffer) for consecutive blocks of ``views``
@@ -75,20 +77,19 @@ def column_blocks(
     """
     size = views[0].size
     buffer = np.empty((min(block, size), len(views)), dtype=np.float32)
-    for start in range(0, size, block):
-        stop = min(start + block, size)
-        columns = buffer[: stop - start]
+    for coordinates in column_blocks(size, block):
+        columns = buffer[: coordinates.stop - coordinates.start]
         for client, view in enumerate(views):
             if minus is None:
-                columns[:, client] = view[start:stop]
+                columns[:, client] = view[coordinates]
             else:
-                np.subtract(view[start:stop], minus[start:stop], out=columns[:, client])
-        yield slice(start, stop), columns
+                np.subtract(view[coordinates], minus[coordinates], out=columns[:, client])
+        yield coordinates, columns
 
 
-def sorted_column_blocks(views: Sequence[np.ndarray], block: int = BLOCK) -> Iterator[tuple[slice, np.ndarray]]:
-    """Like :func:`column_blocks`, each row (one coordinate's values over the clients) sorted ascending."""
-    for columns, values in column_blocks(views, block):
+def sorted_client_columns(views: Sequence[np.ndarray], block: int = BLOCK) -> Iterator[tuple[slice, np.ndarray]]:
+    """Like :func:`client_columns`, each row (one coordinate's values over the clients) sorted ascending."""
+    for columns, values in client_columns(views, block):
         values.sort(axis=1)
         yield columns, values
 
@@ -142,7 +143,7 @@ def coordinatewise(records: Sequence[ArrayRecord], keys: Iterable[str], rule: So
         views, shape = flat_views(records, key)
         if all_float32(views):
             out = np.empty(views[0].size, dtype=np.float32)
-            for columns, values in sorted_column_blocks(views):
+            for columns, values in sorted_client_columns(views):
                 out[columns] = rule(values)
             arrays[key] = Array(np.asarray(out.reshape(shape)))
         else:
@@ -209,8 +210,7 @@ def weighted_average(contents: Sequence[RecordDict], weighted_by_key: str, block
         views, shape = flat_views(records, key)
         size = views[0].size
         out = np.empty(size, dtype=(views[0][:0] * factors[0]).dtype)  # Flower's product dtype (int64 -> float64)
-        for start in range(0, size, block):
-            columns = slice(start, min(start + block, size))
+        for columns in column_blocks(size, block):
             total_block = views[0][columns] * factors[0]
             for view, factor in zip(views[1:], factors[1:], strict=True):
                 total_block += view[columns] * factor

@@ -22,7 +22,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from scipy.linalg import blas
 
-from .coordinatewise import all_float32, column_blocks, flat_views, reply_arrays, weighted_average
+from .coordinatewise import all_float32, client_columns, flat_views, reply_arrays, weighted_average
 
 
 def squared_distances(records: Sequence[ArrayRecord], keys: Iterable[str]) -> np.ndarray:
@@ -32,7 +32,7 @@ def squared_distances(records: Sequence[ArrayRecord], keys: Iterable[str]) -> np
     for key in keys:
         views, _ = flat_views(records, key)
         if all_float32(views):
-            for _, columns in column_blocks(views, minus=views[0]):  # (coordinates, clients)
+            for _, columns in client_columns(views, minus=views[0]):  # (coordinates, clients)
                 upper += blas.ssyrk(1.0, columns.T)  # columns.T is Fortran-ordered: no copy
         else:
             stacked = np.stack(views).astype(np.float64)
