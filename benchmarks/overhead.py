@@ -128,8 +128,9 @@ def measure_plain(args: argparse.Namespace) -> dict[str, Any]:
     clients = [(data.train_images[torch.from_numpy(p)], data.train_labels[torch.from_numpy(p)]) for p in parts]
     architecture = MODELS.get(config.model.name)
     seed_torch(config.seed, "initial-model")
-    global_model = architecture(data.image_shape, data.num_classes)
-    local_model = architecture(data.image_shape, data.num_classes)
+    # As ImageClassification.build_model: convolution weights channels-last.
+    global_model = architecture(data.image_shape, data.num_classes).to(memory_format=torch.channels_last)
+    local_model = architecture(data.image_shape, data.num_classes).to(memory_format=torch.channels_last)
     startup = time.perf_counter() - began
     cpu.append(tree_cpu_seconds())
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import flowerbed
 from flowerbed.platform.config import parse_run_config
 from flowerbed.platform.recorder import read_metrics
 from flowerbed.platform.simulation import run_experiment
@@ -51,6 +52,10 @@ def test_run_folder_holds_every_file_with_consistent_contents(reference):
     assert run_dir.name.startswith("reference-")
     config = json.loads((run_dir / "config.json").read_text())
     assert config == parse_run_config(flat).to_json_dict()
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert environment["flowerbed"] == flowerbed.__version__
+    assert torch.__version__.startswith(environment["packages"]["torch"])
+    assert environment["packages"]["flwr"].startswith("1.42.")
 
     rounds = read_metrics(run_dir)
     assert [r["round"] for r in rounds] == [1, 2, 3]

@@ -57,7 +57,10 @@ class ImageClassification(Workload):
         self.backdoors: list[Any] = []
 
     def build_model(self) -> nn.Module:
-        return MODELS.get(self.config.model.name)(self.dataset.image_shape, self.dataset.num_classes)
+        model = MODELS.get(self.config.model.name)(self.dataset.image_shape, self.dataset.num_classes)
+        # Channels-last convolution weights make oneDNN's CPU kernels ~1.5x faster for the
+        # same values (benchmarks/memory_format.py); the state dict's shapes are unchanged.
+        return model.to(memory_format=torch.channels_last)
 
     def client_dataset(self, partition_id: int, num_partitions: int) -> ClientImages:
         labels = self.dataset.train_labels[: self.client_pool]

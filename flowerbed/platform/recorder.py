@@ -20,6 +20,7 @@ import torch
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
+ENVIRONMENT = "environment.json"
 ATTACKERS = "attackers.json"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -75,6 +76,9 @@ class Recorder:
     # ----------------------------------------------------------------- start
     def write_config(self, config_json: dict[str, Any]) -> None:
         atomic_write_json(self.run_dir / CONFIG, config_json)
+
+    def write_environment(self, environment: dict[str, Any]) -> None:
+        atomic_write_json(self.run_dir / ENVIRONMENT, environment)
 
     def write_attackers(self, description: dict[str, Any]) -> None:
         atomic_write_json(self.run_dir / ATTACKERS, description)

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from flowerbed.platform.config import ConfigError, RunConfig, parse_run_config
 from flowerbed.platform.federation import run_rounds
 from flowerbed.platform.progress import Progress
+from flowerbed.platform.provenance import environment
 from flowerbed.platform.recorder import CONFIG, Recorder, new_run_dir
 from flowerbed.platform.registry import STRATEGIES, WORKLOADS
 from flowerbed.platform.roles import build_attack_plan
@@ -90,6 +91,7 @@ def execute(grid: Grid, config: RunConfig, outcome: RunOutcome, quiet: bool = Fa
     outcome.run_dir = run_dir
     recorder = Recorder(run_dir)
     recorder.write_config(config.to_json_dict())
+    recorder.write_environment(environment())
     if plan.attackers:
         recorder.write_attackers(plan.describe())
     progress.note(f"run folder: {run_dir}")

@@ -1,0 +1,57 @@
+"""What produced a run: package versions, the machine, and flowerbed's git commit.
+
+Written to ``environment.json`` in every run folder, so a table built from run
+folders (``flowerbed bench``, RESULTS.md) can say which code and libraries made
+each number, and runs made before and after a change can be told apart.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import flowerbed
+
+PACKAGES = ("flwr", "torch", "torchvision", "numpy", "scikit-learn", "ray", "hdbscan")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_state(source_dir: Path) -> dict[str, Any] | None:
+    """The commit of the git checkout holding ``source_dir`` and whether it has uncommitted changes."""
+
+    def git(*args: str) -> str:
+        completed = subprocess.run(
+            ["git", "-C", str(source_dir), *args], capture_output=True, text=True, timeout=10, check=True
+        )
+        return completed.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout (an installed wheel) or no git on the machine
+    return {"commit": commit, "uncommitted-changes": bool(changed)}
+
+
+def environment() -> dict[str, Any]:
+    source_dir = Path(flowerbed.__file__).resolve().parent
+    return {
+        "flowerbed": flowerbed.__version__,
+        "flowerbed-source": str(source_dir),
+        "git": git_state(source_dir),
+        "python": platform.python_version(),
+        "packages": {name: version for name in PACKAGES if (version := package_version(name)) is not None},
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
+        "command": sys.argv,
+    }
