@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from flowerbed.platform import bench
+from flowerbed.platform.bench import run_grid, simulate
+from flowerbed.platform.bench_grid import parse_grid, read_grid, select_cells
+from flowerbed.platform.bench_report import BACKDOOR_FIELDS, BASE_COLUMNS, format_stat
 from flowerbed.platform.cli import main
 from flowerbed.platform.config import ConfigError
 
@@ -60,7 +62,7 @@ class CountingRunner:
 
     def __call__(self, config, quiet):
         self.cells.append(config.experiment)
-        return bench.simulate(config, quiet)
+        return simulate(config, quiet)
 
 
 def refuse(config, quiet):
@@ -82,7 +84,7 @@ def finished(tmp_path_factory, cache_dir):
     folder = tmp_path_factory.mktemp("bench")
     grid_path = write_grid(folder, cache_dir)
     runner = CountingRunner()
-    counts = bench.run_grid(bench.read_grid(grid_path), folder / "out", runner=runner)
+    counts = run_grid(read_grid(grid_path), folder / "out", runner=runner)
     assert counts == {"skipped": 0, "done": 4, "failed": 0}
     return grid_path, folder / "out", runner
 
@@ -108,8 +110,8 @@ def test_results_csv_has_one_row_per_cell_with_values_from_the_run_folders(finis
     _, out, _ = finished
     rows = read_csv(out / "results.csv")
     assert [row["cell"] for row in rows] == CELLS  # grid order: attack, defence, seed
-    assert set(bench.BASE_COLUMNS) <= set(rows[0])
-    assert {f"badnets-0.{f}" for f in bench.BACKDOOR_FIELDS} <= set(rows[0])
+    assert set(BASE_COLUMNS) <= set(rows[0])
+    assert {f"badnets-0.{f}" for f in BACKDOOR_FIELDS} <= set(rows[0])
     for row in rows:
         summary = summary_of(out, row["cell"])
         assert row["status"] == "done"
@@ -144,7 +146,7 @@ def test_results_md_and_figures(finished):
 def test_rerun_skips_every_finished_cell_and_changes_no_cell_folder(finished):
     grid_path, out, _ = finished
     before = snapshot(out / "cells")
-    counts = bench.run_grid(bench.read_grid(grid_path), out, runner=refuse)
+    counts = run_grid(read_grid(grid_path), out, runner=refuse)
     assert counts == {"skipped": 4, "done": 0, "failed": 0}
     assert snapshot(out / "cells") == before
 
@@ -166,7 +168,7 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(finished, tmp_path, cac
     _, out, _ = finished
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    grid = bench.read_grid(write_grid(tmp_path, cache_dir, extra=""))
+    grid = read_grid(write_grid(tmp_path, cache_dir, extra=""))
     grid.defences["median-b"] = {"strategy.name": "median"}  # two new cells; both fail
     attempted = []
 
@@ -174,7 +176,7 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(finished, tmp_path, cac
         attempted.append(config.experiment)
         raise RuntimeError(f"disk full in {config.experiment}")
 
-    counts = bench.run_grid(grid, copy, runner=broken)
+    counts = run_grid(grid, copy, runner=broken)
     assert counts == {"skipped": 4, "done": 0, "failed": 2}
     assert attempted == ["none__median-b__seed0", "badnets__median-b__seed0"]
     rows = {row["cell"]: row for row in read_csv(copy / "results.csv")}
@@ -201,7 +203,7 @@ def test_an_unfinished_cell_is_resumed_from_its_run_folder(finished, tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        bench.run_grid(bench.read_grid(grid_path), copy, runner=capture)
+        run_grid(read_grid(grid_path), copy, runner=capture)
     assert resumed == [("badnets__median__seed0", str(run_dir))]
     rows = {row["cell"]: row for row in read_csv(copy / "results.csv")}  # the report is written on interrupt
     assert rows["badnets__median__seed0"]["status"] == "interrupted"
@@ -214,7 +216,7 @@ def test_existing_results_made_with_another_config_are_an_error(finished, tmp_pa
     shutil.copytree(out, copy)
     grid_path = write_grid(tmp_path, cache_dir, GRID_TOML.replace("num-clients = 3", "num-clients = 3\nlr = 0.05"))
     with pytest.raises(ConfigError, match=r"different config \(keys lr\)"):
-        bench.run_grid(bench.read_grid(grid_path), copy, runner=refuse)
+        run_grid(read_grid(grid_path), copy, runner=refuse)
 
 
 @pytest.mark.parametrize(
@@ -234,7 +236,7 @@ def test_a_bad_grid_fails_before_anything_runs(tmp_path, cache_dir, extra, named
     grid_path = write_grid(tmp_path, cache_dir, text, extra)
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match=named.replace(".", r"\.").replace("[", r"\[")):
-        bench.run_grid(bench.read_grid(grid_path), out, runner=refuse)
+        run_grid(read_grid(grid_path), out, runner=refuse)
     assert not out.exists()
     assert main(["bench", str(grid_path), "--out", str(out)]) == 2
     assert named in capsys.readouterr().err
@@ -243,13 +245,13 @@ def test_a_bad_grid_fails_before_anything_runs(tmp_path, cache_dir, extra, named
 
 def test_unknown_top_level_key_and_only_filter(tmp_path, cache_dir):
     with pytest.raises(ConfigError, match="unknown grid key.*'defenses'"):
-        bench.parse_grid({"defenses": ["krum"]})
-    grid = bench.read_grid(write_grid(tmp_path, cache_dir))
+        parse_grid({"defenses": ["krum"]})
+    grid = read_grid(write_grid(tmp_path, cache_dir))
     cells = grid.cells()
-    chosen = bench.select_cells(cells, "attack=badnets,defence=fedavg,median", grid)
+    chosen = select_cells(cells, "attack=badnets,defence=fedavg,median", grid)
     assert [c.name for c in chosen] == ["badnets__fedavg__seed0", "badnets__median__seed0"]
     with pytest.raises(ConfigError, match="--only defence=krum: not in the grid"):
-        bench.select_cells(cells, "defence=krum", grid)
+        select_cells(cells, "defence=krum", grid)
 
 
 def test_dry_run_lists_cells_and_writes_nothing(finished, tmp_path, capsys):
@@ -264,10 +266,10 @@ def test_dry_run_lists_cells_and_writes_nothing(finished, tmp_path, capsys):
 
 
 def test_mean_and_sample_std_over_seeds():
-    assert bench.format_stat([0.4, 0.6]) == "0.500 ± 0.141"
-    assert bench.format_stat([0.25]) == "0.250"
-    assert bench.format_stat(["", 0.2, 0.4], total=3) == "0.300 ± 0.141 (2/3)"
-    assert bench.format_stat(["", ""]) == "—"
+    assert format_stat([0.4, 0.6]) == "0.500 ± 0.141"
+    assert format_stat([0.25]) == "0.250"
+    assert format_stat(["", 0.2, 0.4], total=3) == "0.300 ± 0.141 (2/3)"
+    assert format_stat(["", ""]) == "—"
 
 
 def test_pretraining_runs_once_per_seed_and_every_cell_starts_from_it(tmp_path, cache_dir):
@@ -277,7 +279,7 @@ def test_pretraining_runs_once_per_seed_and_every_cell_starts_from_it(tmp_path, 
     grid_path = write_grid(tmp_path, cache_dir, text)
     out = tmp_path / "out"
     runner = CountingRunner()
-    counts = bench.run_grid(bench.read_grid(grid_path), out, runner=runner)
+    counts = run_grid(read_grid(grid_path), out, runner=runner)
     assert counts == {"skipped": 0, "done": 2, "failed": 0}
     assert runner.cells == ["pretraining__seed0", "none__fedavg__seed0", "badnets__fedavg__seed0"]
 
@@ -291,13 +293,16 @@ def test_pretraining_runs_once_per_seed_and_every_cell_starts_from_it(tmp_path, 
         assert json.loads((run_dir / "config.json").read_text())["model"]["init"] == str(weights.resolve())
     assert "pre-trained for 2 clean FedAvg rounds" in (out / "results.md").read_text()
 
-    assert bench.run_grid(bench.read_grid(grid_path), out, runner=refuse)["skipped"] == 2  # nothing reruns
+    assert run_grid(read_grid(grid_path), out, runner=refuse)["skipped"] == 2  # nothing reruns
+    moved = tmp_path / "moved"  # cells record the absolute path of the pre-training: moving the folder keeps them done
+    shutil.copytree(out, moved)
+    assert run_grid(read_grid(grid_path), moved, runner=refuse)["skipped"] == 2
     write_grid(tmp_path, cache_dir, text.replace("pretrain-rounds = 2", "pretrain-rounds = 3"))
     with pytest.raises(ConfigError, match="pre-training seed 0: the existing run .* num-server-rounds"):
-        bench.run_grid(bench.read_grid(grid_path), out, runner=refuse)
+        run_grid(read_grid(grid_path), out, runner=refuse)
     write_grid(tmp_path, cache_dir, text, extra='"model.init" = "elsewhere.pt"\n')
     with pytest.raises(ConfigError, match=r"grid key 'attacks\.badnets\.model\.init'"):
-        bench.read_grid(grid_path)
+        read_grid(grid_path)
 
 
 def test_a_failed_pretraining_is_recorded_and_its_cells_do_not_run(tmp_path, cache_dir):
@@ -309,7 +314,7 @@ def test_a_failed_pretraining_is_recorded_and_its_cells_do_not_run(tmp_path, cac
         assert config.experiment == "pretraining__seed0", f"{config.experiment} ran without its pre-trained model"
         raise RuntimeError("the simulation engine did not start")
 
-    counts = bench.run_grid(bench.read_grid(grid_path), out, runner=pretraining_breaks)
+    counts = run_grid(read_grid(grid_path), out, runner=pretraining_breaks)
     assert counts == {"skipped": 0, "done": 0, "failed": 4}
     assert "the simulation engine did not start" in (out / "pretraining" / "seed0-error.txt").read_text()
     assert not (out / "pretraining" / "seed0.pt").exists()

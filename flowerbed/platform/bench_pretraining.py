@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flowerbed.platform.bench_cells import config_differences, inspect_cell
 from flowerbed.platform.config import ConfigError, RunConfig, parse_run_config
 from flowerbed.platform.recorder import CONFIG, MODEL, atomic_write_bytes
 
@@ -56,8 +57,6 @@ def pretraining_config(base: dict[str, Any], rounds: int, seed: int, out: Path) 
 
 def check_existing(config: RunConfig, seed: int, out: Path) -> None:
     """An existing pre-training made with another config is an error, never silently reused."""
-    from flowerbed.platform.bench import config_differences, inspect_cell
-
     state = inspect_cell(pretraining_folder(out, seed))
     existing = state.done or state.partial
     if existing is None:
@@ -75,8 +74,6 @@ def check_existing(config: RunConfig, seed: int, out: Path) -> None:
 
 def ensure_pretrained(config: RunConfig, seed: int, out: Path, runner, quiet: bool = True) -> tuple[Path, bool]:
     """Pre-train seed ``seed`` unless its weights exist; return (weights file, whether it ran now)."""
-    from flowerbed.platform.bench import inspect_cell
-
     weights = pretrained_weights(out, seed)
     if weights.is_file():
         return weights, False

@@ -1,0 +1,427 @@
+"""Tables and figures of a ``flowerbed bench`` output folder, finished or partial.
+
+Everything is read back from the folder's files (grid.json, cell.json and the run
+folders' summary.json, metrics.jsonl, attackers.json), never from memory:
+``results.csv`` (one row per cell), ``results.md`` (mean ± sample std over seeds),
+the defence × attack heatmaps and the ASR-over-rounds plots (:func:`write_report`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from flowerbed.platform.bench_cells import (
+    CELL_RECORD,
+    CELLS,
+    MANIFEST,
+    cell_dir_of,
+    inspect_cell,
+    read_cell_record,
+)
+from flowerbed.platform.config import ConfigError
+from flowerbed.platform.recorder import (
+    ATTACKERS,
+    CONFIG,
+    SUMMARY,
+    atomic_write_bytes,
+    read_metrics,
+)
+
+# results.csv columns before the per-backdoor ones.
+BASE_COLUMNS = (
+    "cell",
+    "attack",
+    "defence",
+    "seed",
+    "status",
+    "rounds_completed",
+    "rounds_planned",
+    "clean_acc",
+    "best_clean_acc",
+    "asr_final_mean",
+    "asr_max_mean",
+    "asr_plus_10_mean",
+    "asr_plus_30_mean",
+    "detection_precision",
+    "detection_recall",
+    "detection_fpr",
+    "seconds",
+    "wall_seconds",
+    "run_dir",
+    "error",
+)
+BACKDOOR_FIELDS = ("final_asr", "max_asr", "asr_plus_10", "asr_plus_30", "last_attack_round")
+
+
+# ----------------------------------------------------------------------------- results from files
+def cell_row(entry: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
+    """One results.csv row, read from the cell's folder (summary.json of its finished run)."""
+    state = inspect_cell(cell_dir)
+    record = read_cell_record(cell_dir)
+    row: dict[str, Any] = {key: "" for key in BASE_COLUMNS}
+    row.update(cell=entry["cell"], attack=entry["attack"], defence=entry["defence"], seed=entry["seed"], status=state.status)
+    row["backdoors"] = {}
+    run_dir = state.done or state.partial
+    if run_dir is None:
+        row["error"] = record.get("error", "") if row["status"] == "failed" else ""
+        return row
+    row["run_dir"] = str(run_dir)
+    saved = json.loads((run_dir / CONFIG).read_text())
+    row["rounds_planned"] = saved.get("num-server-rounds", "")
+    if state.done is None:  # interrupted: report how far it got, no results
+        row["rounds_completed"] = len(read_metrics(run_dir))
+        row["error"] = record.get("error", "") if row["status"] == "failed" else ""
+        return row
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    row["rounds_completed"] = summary.get("rounds_completed", "")
+    row["clean_acc"] = summary.get("final", {}).get("clean_acc", "")
+    best = summary.get("best", {})
+    row["best_clean_acc"] = best.get("value", "") if best.get("metric") == "clean_acc" else ""
+    row["seconds"] = summary.get("seconds_total", "")
+    row["wall_seconds"] = record.get("seconds", "") if record.get("status") == "done" else ""
+    detection = summary.get("detection", {})
+    for key in ("precision", "recall", "fpr"):
+        row[f"detection_{key}"] = detection.get(key, "")
+    backdoors = summary.get("backdoors", {})
+    row["backdoors"] = {name: {f: scores.get(f, "") for f in BACKDOOR_FIELDS} for name, scores in backdoors.items()}
+    for column, fieldname in (
+        ("asr_final_mean", "final_asr"),
+        ("asr_max_mean", "max_asr"),
+        ("asr_plus_10_mean", "asr_plus_10"),
+        ("asr_plus_30_mean", "asr_plus_30"),
+    ):
+        values = [scores[fieldname] for scores in backdoors.values() if isinstance(scores.get(fieldname), (int, float))]
+        # The mean over backdoors only when every backdoor has the value (no mean of a subset).
+        row[column] = float(sum(values) / len(values)) if values and len(values) == len(backdoors) else ""
+    return row
+
+
+def load_cells(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The grid manifest and its cells (from grid.json; without it, every cells/*/cell.json)."""
+    out = Path(out)
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        entries = [
+            {"cell": c["name"], "attack": c["attack"], "defence": c["defence"], "seed": c["seed"]} for c in manifest["cells"]
+        ]
+        return manifest, entries
+    records = [read_cell_record(p) for p in sorted((out / CELLS).glob("*")) if (p / CELL_RECORD).is_file()]
+    if not records:
+        raise ConfigError([f"{out} holds no bench results (no {MANIFEST}, no {CELLS}/*/{CELL_RECORD})"])
+    entries = [{k: r[k] for k in ("cell", "attack", "defence", "seed")} for r in records]
+    manifest = {
+        "name": out.name,
+        "attacks": list(dict.fromkeys(e["attack"] for e in entries)),
+        "defences": list(dict.fromkeys(e["defence"] for e in entries)),
+        "seeds": sorted({e["seed"] for e in entries}),
+    }
+    return manifest, entries
+
+
+def collect_rows(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    manifest, entries = load_cells(out)
+    return manifest, [cell_row(entry, cell_dir_of(out, entry["cell"])) for entry in entries]
+
+
+def backdoor_names(rows: Iterable[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(name for row in rows for name in row["backdoors"]))
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    names = backdoor_names(rows)
+    columns = list(BASE_COLUMNS) + [f"{name}.{f}" for name in names for f in BACKDOOR_FIELDS]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat = {key: row[key] for key in BASE_COLUMNS}
+        for name in names:
+            for f in BACKDOOR_FIELDS:
+                flat[f"{name}.{f}"] = row["backdoors"].get(name, {}).get(f, "")
+        writer.writerow(flat)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+    return path
+
+
+# ----------------------------------------------------------------------------- aggregation over seeds
+def mean_std(values: list[Any]) -> tuple[float, float | None, int] | None:
+    """Mean, sample standard deviation (None for one value) and count of the numeric values."""
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not numbers:
+        return None
+    mean = sum(numbers) / len(numbers)
+    if len(numbers) == 1:
+        return mean, None, 1
+    variance = sum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1)
+    return mean, math.sqrt(variance), len(numbers)
+
+
+def format_stat(values: list[Any], total: int | None = None) -> str:
+    """``0.934 ± 0.012`` (mean ± sample std over seeds); ``(n/N)`` when some seeds lack the value."""
+    stat = mean_std(values)
+    if stat is None:
+        return "—"
+    mean, std, count = stat
+    text = f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+    if total is not None and count < total:
+        text += f" ({count}/{total})"
+    return text
+
+
+def _groups(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    groups = []
+    for attack in manifest["attacks"]:
+        for defence in manifest["defences"]:
+            members = [r for r in rows if r["attack"] == attack and r["defence"] == defence]
+            if members:
+                groups.append((attack, defence, members))
+    return groups
+
+
+EXPLANATION = (
+    "Made by `flowerbed bench` from the run folders under `cells/` (summary.json, metrics.jsonl). "
+    "Values are mean ± sample standard deviation over the finished seeds (one seed: the value alone; "
+    "`(n/N)`: only n of the N finished seeds have it). ASR is the final-round attack success rate, "
+    "averaged over an attack's backdoors in the overview; *ASR +10*/*+30* is the ASR 10/30 rounds after a "
+    "backdoor's last attack round (— when the run ends sooner). Detection scores are pooled over all "
+    "rounds of a run; precision is — when the defence flagged nobody, and all three are — for a "
+    "strategy that does not report whom it flagged."
+)
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figures: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    seeds = manifest.get("seeds", [])
+    lines = [
+        f"# Bench: {manifest['name']}",
+        "",
+        f"{_count(manifest['attacks'], 'attack')} × {_count(manifest['defences'], 'defence')} × {_count(seeds, 'seed')} "
+        f"(seeds {', '.join(str(s) for s in seeds)}) = {len(rows)} cells: "
+        + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        + ".",
+        "",
+        *(
+            [
+                f"Every cell starts from a model pre-trained for {manifest['pretrain_rounds']} clean FedAvg rounds "
+                "on the base federation (one per seed, in `pretraining/`); round numbers count from there.",
+                "",
+            ]
+            if manifest.get("pretrain_rounds")
+            else []
+        ),
+        EXPLANATION,
+        "",
+        "## Overview",
+        "",
+        "| attack | defence | seeds done | clean acc | final ASR | ASR +10 | ASR +30 | det. precision | det. recall | det. FPR |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for attack, defence, members in _groups(rows, manifest):
+        done = [r for r in members if r["status"] == "done"]
+        n = len(done)
+        has_backdoors = any(r["backdoors"] for r in done)
+        cells = [
+            attack,
+            defence,
+            f"{n}/{len(members)}",
+            format_stat([r["clean_acc"] for r in done], n),
+            format_stat([r["asr_final_mean"] for r in done], n) if has_backdoors else "—",
+            format_stat([r["asr_plus_10_mean"] for r in done], n) if has_backdoors else "—",
+            format_stat([r["asr_plus_30_mean"] for r in done], n) if has_backdoors else "—",
+            format_stat([r["detection_precision"] for r in done], n),
+            format_stat([r["detection_recall"] for r in done], n),
+            format_stat([r["detection_fpr"] for r in done], n),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    backdoor_lines = []
+    for attack, defence, members in _groups(rows, manifest):
+        done = [r for r in members if r["status"] == "done"]
+        for name in backdoor_names(done):
+            entries = [r["backdoors"].get(name, {}) for r in done]
+            last = sorted({e.get("last_attack_round") for e in entries if isinstance(e.get("last_attack_round"), int)})
+            backdoor_lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        attack,
+                        defence,
+                        name,
+                        ", ".join(str(r) for r in last) or "—",
+                        format_stat([e.get("final_asr") for e in entries], len(done)),
+                        format_stat([e.get("max_asr") for e in entries], len(done)),
+                        format_stat([e.get("asr_plus_10") for e in entries], len(done)),
+                        format_stat([e.get("asr_plus_30") for e in entries], len(done)),
+                    ]
+                )
+                + " |"
+            )
+    if backdoor_lines:
+        lines += [
+            "",
+            "## Backdoors",
+            "",
+            "| attack | defence | backdoor | last attack round | final ASR | max ASR | ASR +10 | ASR +30 |",
+            "|---|---|---|---|---|---|---|---|",
+            *backdoor_lines,
+        ]
+
+    unfinished = [r for r in rows if r["status"] != "done"]
+    if unfinished:
+        lines += ["", "## Cells without results", "", "| cell | status | rounds | error |", "|---|---|---|---|"]
+        for row in unfinished:
+            rounds = f"{row['rounds_completed']}/{row['rounds_planned']}" if row["rounds_planned"] != "" else "—"
+            error = str(row["error"]).replace("|", "\\|").replace("\n", " ")[:300] or "—"
+            lines.append(f"| {row['cell']} | {row['status']} | {rounds} | {error} |")
+
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- figures
+def _heatmap(matrix: list[list[float | None]], rows: list[str], columns: list[str], title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    figure, axis = plt.subplots(figsize=(1.1 * len(columns) + 2.5, 0.45 * len(rows) + 1.6))
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = axis.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    axis.set_xticks(range(len(columns)), columns, rotation=35, ha="right")
+    axis.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            if not np.isnan(values[i, j]):
+                axis.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
+                          color="white" if values[i, j] < 0.6 else "black", fontsize="small")
+    axis.set_title(textwrap.fill(title, width=max(28, int(10 * figure.get_figwidth()))), fontsize="medium")
+    figure.colorbar(image, ax=axis, fraction=0.04)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _cell_mean(rows: list[dict[str, Any]], attack: str, defence: str, column: str) -> float | None:
+    stat = mean_std([r[column] for r in rows if r["attack"] == attack and r["defence"] == defence and r["status"] == "done"])
+    return None if stat is None else stat[0]
+
+
+def make_figures(out: Path, rows: list[dict[str, Any]], manifest: dict[str, Any]) -> list[Path]:
+    """Heatmaps (defence × attack) and per-defence ASR-over-rounds plots; return their paths."""
+    out = Path(out)
+    defences = manifest["defences"]
+    written: list[Path] = []
+    attacked = [a for a in manifest["attacks"] if any(r["backdoors"] for r in rows if r["attack"] == a)]
+    if attacked and any(r["status"] == "done" for r in rows):
+        matrix = [[_cell_mean(rows, a, d, "asr_final_mean") for a in attacked] for d in defences]
+        written.append(
+            _heatmap(matrix, defences, attacked, f"{manifest['name']}: final ASR (mean over backdoors and seeds)",
+                     out / "heatmap_asr.png")
+        )
+    if any(r["status"] == "done" for r in rows):
+        attacks = manifest["attacks"]
+        matrix = [[_cell_mean(rows, a, d, "clean_acc") for a in attacks] for d in defences]
+        written.append(
+            _heatmap(matrix, defences, attacks, f"{manifest['name']}: final clean accuracy (mean over seeds)",
+                     out / "heatmap_clean_acc.png")
+        )
+    plots = out / "plots"
+    for defence in defences:
+        members = [r for r in rows if r["defence"] == defence and r["status"] == "done"]
+        if members:
+            plots.mkdir(exist_ok=True)
+            written.append(_rounds_plot(members, manifest, defence, plots / f"asr_rounds_{defence}.png"))
+    return written
+
+
+def _round_series(run_dir: Path) -> tuple[dict[int, float], dict[int, float]]:
+    """Per round: the ASR averaged over the run's backdoors, and the clean accuracy (from metrics.jsonl)."""
+    asr, clean = {}, {}
+    for record in read_metrics(run_dir):
+        values = [v for v in record.get("asr", {}).values() if isinstance(v, (int, float))]
+        if values:
+            asr[record["round"]] = sum(values) / len(values)
+        if isinstance(record.get("clean_acc"), (int, float)):
+            clean[record["round"]] = float(record["clean_acc"])
+    return asr, clean
+
+
+def _attack_windows(run_dir: Path) -> list[tuple[int, int]]:
+    """The attack windows (first, last round) of a run, from its attackers.json."""
+    path = run_dir / ATTACKERS
+    if not path.is_file():
+        return []
+    attackers = json.loads(path.read_text()).get("attackers", {})
+    return sorted({(a["schedule"]["start"], a["schedule"]["end"]) for a in attackers.values()})
+
+
+def _rounds_plot(rows: list[dict[str, Any]], manifest: dict[str, Any], defence: str, path: Path) -> Path:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    colours = matplotlib.colormaps["tab10"]
+    for index, attack in enumerate(manifest["attacks"]):
+        runs = [_round_series(Path(r["run_dir"])) for r in rows if r["attack"] == attack]
+        if not runs:
+            continue
+        colour = colours(index % 10)
+        windows = {w for r in rows if r["attack"] == attack for w in _attack_windows(Path(r["run_dir"]))}
+        for start, end in sorted(windows):
+            top.axvspan(start - 0.5, end + 0.5, color=colour, alpha=0.07)
+        for axis, which in ((top, 0), (bottom, 1)):
+            series = [run[which] for run in runs if run[which]]
+            if not series:
+                continue
+            rounds = sorted(set.intersection(*(set(s) for s in series)))
+            values = np.array([[s[r] for r in rounds] for s in series])
+            axis.plot(rounds, values.mean(axis=0), color=colour, label=f"{attack} (n={len(series)})")
+            if len(series) > 1:
+                axis.fill_between(rounds, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.15)
+    top.set(ylabel="ASR (mean over backdoors)", ylim=(-0.02, 1.02),
+            title=f"{manifest['name']}: {defence} (shaded: attack windows; band: min–max over seeds)")
+    bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    bottom.set(xlabel="round", ylabel="clean accuracy", ylim=(-0.02, 1.02))
+    for axis in (top, bottom):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="best", fontsize="small")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_report(out: str | Path) -> list[Path]:
+    """Re-make results.csv, results.md and the figures from the cell folders under ``out``."""
+    out = Path(out).expanduser().resolve()
+    manifest, rows = collect_rows(out)
+    csv_path = write_csv(rows, out / "results.csv")
+    figures = make_figures(out, rows, manifest)
+    markdown = markdown_report(rows, manifest, [str(f.relative_to(out)) for f in figures])
+    md_path = out / "results.md"
+    atomic_write_bytes(md_path, markdown.encode())
+    return [csv_path, md_path, *figures]
