@@ -190,7 +190,8 @@ EXPLANATION = (
     "Made by `flowerbed bench` from the run folders under `cells/` (summary.json, metrics.jsonl). "
     "Values are mean ± sample standard deviation over the finished seeds (one seed: the value alone; "
     "`(n/N)`: only n of the N finished seeds have it). ASR is the final-round attack success rate, "
-    "averaged over an attack's backdoors in the overview; *ASR +10*/*+30* is the ASR 10/30 rounds after a "
+    "averaged over an attack's backdoors in the overview; *max ASR* is the highest ASR of any round (a "
+    "backdoor that worked during the attack and faded later has a high max ASR); *ASR +10*/*+30* is the ASR 10/30 rounds after a "
     "backdoor's last attack round (— when the run ends sooner). Detection scores are pooled over all "
     "rounds of a run; precision is — when the defence flagged nobody, and all three are — for a "
     "strategy that does not report whom it flagged."
@@ -227,8 +228,8 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
         "",
         "## Overview",
         "",
-        "| attack | defence | seeds done | clean acc | final ASR | ASR +10 | ASR +30 | det. precision | det. recall | det. FPR |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| attack | defence | seeds done | clean acc | max ASR | final ASR | ASR +10 | ASR +30 | det. precision | det. recall | det. FPR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for attack, defence, members in _groups(rows, manifest):
         done = [r for r in members if r["status"] == "done"]
@@ -239,6 +240,7 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
             defence,
             f"{n}/{len(members)}",
             format_stat([r["clean_acc"] for r in done], n),
+            format_stat([r["asr_max_mean"] for r in done], n) if has_backdoors else "—",
             format_stat([r["asr_final_mean"] for r in done], n) if has_backdoors else "—",
             format_stat([r["asr_plus_10_mean"] for r in done], n) if has_backdoors else "—",
             format_stat([r["asr_plus_30_mean"] for r in done], n) if has_backdoors else "—",
