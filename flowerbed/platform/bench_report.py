@@ -27,12 +27,12 @@ from flowerbed.platform.bench_cells import (
 )
 from flowerbed.platform.config import ConfigError
 from flowerbed.platform.recorder import (
-    ATTACKERS,
     CONFIG,
     SUMMARY,
     atomic_write_bytes,
     read_metrics,
 )
+from flowerbed.platform.report import attack_windows
 
 # results.csv columns before the per-backdoor ones.
 BASE_COLUMNS = (
@@ -367,15 +367,6 @@ def _round_series(run_dir: Path) -> tuple[dict[int, float], dict[int, float]]:
     return asr, clean
 
 
-def _attack_windows(run_dir: Path) -> list[tuple[int, int]]:
-    """The attack windows (first, last round) of a run, from its attackers.json."""
-    path = run_dir / ATTACKERS
-    if not path.is_file():
-        return []
-    attackers = json.loads(path.read_text()).get("attackers", {})
-    return sorted({(a["schedule"]["start"], a["schedule"]["end"]) for a in attackers.values()})
-
-
 def _rounds_plot(rows: list[dict[str, Any]], manifest: dict[str, Any], defence: str, path: Path) -> Path:
     import matplotlib
     import matplotlib.ticker
@@ -391,7 +382,7 @@ def _rounds_plot(rows: list[dict[str, Any]], manifest: dict[str, Any], defence: 
         if not runs:
             continue
         colour = colours(index % 10)
-        windows = {w for r in rows if r["attack"] == attack for w in _attack_windows(Path(r["run_dir"]))}
+        windows = {w for r in rows if r["attack"] == attack for w in attack_windows(Path(r["run_dir"]))}
         for start, end in sorted(windows):
             top.axvspan(start - 0.5, end + 0.5, color=colour, alpha=0.07)
         for axis, which in ((top, 0), (bottom, 1)):

@@ -20,7 +20,8 @@ def _scalar_series(rounds: list[dict[str, Any]]) -> dict[str, list[tuple[int, fl
     return series
 
 
-def _attack_windows(run_dir: Path) -> list[tuple[int, int]]:
+def attack_windows(run_dir: Path) -> list[tuple[int, int]]:
+    """The attack windows (first, last round) of a run, from its attackers.json."""
     path = run_dir / ATTACKERS
     if not path.exists():
         return []
@@ -43,7 +44,7 @@ def make_plots(run_dir: str | Path) -> list[Path]:
     if not rounds:
         return written
     series = _scalar_series(rounds)
-    windows = _attack_windows(run_dir)
+    windows = attack_windows(run_dir)
 
     def shade(axis) -> None:
         for index, (start, end) in enumerate(windows):

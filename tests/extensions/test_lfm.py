@@ -15,7 +15,7 @@ from flowerbed.extensions.lfm.interpolants import interpolate
 from flowerbed.extensions.lfm.metrics import energy_distance, mmd_rbf, sliced_wasserstein
 from flowerbed.extensions.lfm.networks import mlp_parameter_count, width_for_parameter_budget
 from flowerbed.extensions.lfm.ode import integrate, integrate_with_log_det
-from flowerbed.extensions.lfm.ou import geometric_step_sizes, ou_transition
+from flowerbed.extensions.lfm.ou import ou_transition
 from flowerbed.extensions.lfm.workload import LocalFlowMatchingParams, LocalFlowMatchingWorkload
 from flowerbed.platform.registry import WORKLOADS
 from flowerbed.platform.workload import TrainContext
