@@ -44,6 +44,8 @@ def test_badnets_attacker_reaches_high_asr_that_a_clean_federation_does_not(smal
     attacked_asr = rounds[-1]["asr"]["badnets-0"]
     summary = json.loads((attacked.run_dir / "summary.json").read_text())
     assert summary["backdoors"]["badnets-0"]["final_asr"] == attacked_asr
+    attacker_norms = [r["update_norms"]["0"] for r in rounds]
+    assert summary["update_norms"]["attacker_median"] == pytest.approx(sorted(attacker_norms)[1])
 
     # Score the clean federation's final model with the same backdoor.
     config = parse_run_config({**small_run, **ATTACK})

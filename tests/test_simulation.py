@@ -64,10 +64,14 @@ def test_run_folder_holds_every_file_with_consistent_contents(reference):
         assert len(record["clients"]) == 3  # fraction-train 0.75 of 4 clients
         assert record["failures"] == []
         assert "asr" not in record and "attackers" not in record  # keys that do not apply are left out
+        assert sorted(int(pid) for pid in record["update_norms"]) == record["clients"]
+        assert all(norm > 0 for norm in record["update_norms"].values())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds_completed"] == 3
     assert summary["final"]["clean_acc"] == rounds[-1]["clean_acc"]
     assert summary["best"]["value"] == max(r["clean_acc"] for r in rounds)
+    assert set(summary["update_norms"]) == {"benign_median"}  # no attacker in this run
+    assert (run_dir / "plots" / "update_norms.png").is_file()
 
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     final_model = torch.load(run_dir / "model.pt", weights_only=True)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
+from flowerbed.platform.arrays import update_norm
 from flowerbed.platform.client_app import config_record
 from flowerbed.platform.config import ConfigError, RunConfig
 from flowerbed.platform.initial_model import load_initial_weights
@@ -160,6 +161,7 @@ def run_rounds(
         for entry in failures:
             logger.warning("round %d: partition %s left out: %s", server_round, entry["partition_id"], entry["reason"])
         replies.sort(key=lambda reply: int(reply.content["metrics"]["partition-id"]))
+        norms = _update_norms(replies, arrays)
 
         new_arrays, train_metrics = (None, None)
         if replies:
@@ -184,6 +186,7 @@ def run_rounds(
         weights = getattr(strategy, "last_weights", None)
         if weights:
             record["weights"] = {str(pid): float(w) for pid, w in sorted(weights.items())}
+        record["update_norms"] = norms
         record["failures"] = failures
         record["seconds"] = time.perf_counter() - began
         recorder.log_round(record)
@@ -198,6 +201,14 @@ def run_rounds(
 
 def _detached(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def _update_norms(replies: list[Message], global_arrays: ArrayRecord) -> dict[str, float]:
+    """Each sanitized reply's update L2 norm by partition id (what norm-bounding defences are tuned to)."""
+    return {
+        str(int(reply.content["metrics"]["partition-id"])): update_norm(next(iter(reply.content.array_records.values())), global_arrays)
+        for reply in replies
+    }
 
 
 def _split_failures(replies: Iterable[Message], partition_of: dict[int, int]) -> tuple[list[Message], list[dict]]:

@@ -30,7 +30,7 @@ def attack_windows(run_dir: Path) -> list[tuple[int, int]]:
 
 
 def make_plots(run_dir: str | Path) -> list[Path]:
-    """Write ``plots/accuracy.png`` (and ``asr.png``, ``metrics.png`` where they apply); return the paths."""
+    """Write ``plots/accuracy.png`` (and ``asr.png``, ``update_norms.png``, ``metrics.png`` where they apply); return the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,6 +77,22 @@ def make_plots(run_dir: str | Path) -> list[Path]:
         axis.legend(loc="best", fontsize="small")
         written.append(_save(figure, plots / "asr.png"))
 
+    if any(record.get("update_norms") for record in rounds):
+        figure, axis = plt.subplots(figsize=(7, 4))
+        for is_attacker, color, label in ((False, "tab:gray", "benign client"), (True, "tab:red", "attacker")):
+            points = [
+                (record["round"], norm)
+                for record in rounds
+                for pid, norm in record.get("update_norms", {}).items()
+                if (int(pid) in record.get("attackers", [])) == is_attacker
+            ]
+            if points:
+                axis.scatter(*zip(*points), s=9, color=color, label=label, alpha=0.7)
+        shade(axis)
+        axis.set(xlabel="round", ylabel="L2 norm of the update", yscale="log", title=f"{run_dir.name}: update norms")
+        axis.legend(loc="best", fontsize="small")
+        written.append(_save(figure, plots / "update_norms.png"))
+
     others = [key for key in series if key not in ("clean_acc", "clean_loss")]
     if others:
         figure, axes = plt.subplots(len(others), 1, figsize=(7, 2.2 * len(others)), sharex=True, squeeze=False)
@@ -122,6 +138,8 @@ def summary_table(run_dir: str | Path):
         for key in ("asr_plus_10", "asr_plus_30", "rounds_until_below_50"):
             if key in entry:
                 table.add_row(f"{name} {key}", f"{entry[key]:.4f}" if isinstance(entry[key], float) else str(entry[key]))
+    for key, value in summary.get("update_norms", {}).items():
+        table.add_row(f"update norm {key.replace('_', ' ')}", f"{value:.4g}")
     for key, value in summary.get("detection", {}).items():
         table.add_row(f"detection {key}", f"{value:.4f}")
     if "seconds_total" in summary:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 
 def detection_scores(flagged: list[int], attackers: list[int], clients: list[int]) -> dict[str, float]:
     """Precision, recall and false-positive rate of a defence's flagged ids against ground truth.
@@ -38,6 +40,22 @@ def persistence(asr_by_round: dict[int, float], last_attack_round: int, threshol
     return result
 
 
+def update_norm_medians(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Median L2 norm of the benign clients' updates and of the attackers' (each over all their rounds)."""
+    benign: list[float] = []
+    attacker: list[float] = []
+    for record in rounds:
+        attackers = {str(pid) for pid in record.get("attackers", [])}
+        for pid, norm in record.get("update_norms", {}).items():
+            (attacker if pid in attackers else benign).append(norm)
+    medians = {}
+    if benign:
+        medians["benign_median"] = float(np.median(benign))
+    if attacker:
+        medians["attacker_median"] = float(np.median(attacker))
+    return medians
+
+
 def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=None) -> dict[str, Any]:
     """Final and best values, persistence per backdoor, detection totals, wall time."""
     if not rounds:
@@ -46,7 +64,7 @@ def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=
     final = rounds[-1]
     summary: dict[str, Any] = {
         "rounds_completed": final["round"],
-        "final": {key: value for key, value in final.items() if key not in ("clients", "attackers", "flagged", "failures")},
+        "final": {key: value for key, value in final.items() if key not in ("clients", "attackers", "flagged", "failures", "update_norms")},
         "seconds_total": sum(r.get("seconds", 0.0) for r in rounds),
     }
     scored = [r for r in rounds if isinstance(r.get(metric), (int, float))]
@@ -64,6 +82,9 @@ def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=
                 entry.update(persistence(series, schedule.last_round()))
             per_backdoor[backdoor.name] = entry
         summary["backdoors"] = per_backdoor
+    norms = update_norm_medians(rounds)
+    if norms:
+        summary["update_norms"] = norms
     detection_rounds = [r for r in rounds if "flagged" in r]
     if detection_rounds:
         flagged = [(pid, r["round"]) for r in detection_rounds for pid in r["flagged"]]
