@@ -17,6 +17,7 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from flowerbed.platform.allocator import keep_freed_memory
 from flowerbed.platform.config import ConfigError, RunConfig, parse_run_config
 from flowerbed.platform.federation import run_rounds
 from flowerbed.platform.progress import Progress
@@ -110,6 +111,7 @@ def make_server_app(preset: RunConfig | None = None, outcome: RunOutcome | None 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         torch.set_num_threads(max(torch.get_num_threads(), 1))
+        keep_freed_memory()  # the server's evaluation reuses its buffers (allocator.py)
         try:
             config = preset if preset is not None else parse_run_config(dict(context.run_config))
             execute(grid, config, result, quiet=quiet)
