@@ -52,6 +52,8 @@ BASE_COLUMNS = (
     "detection_precision",
     "detection_recall",
     "detection_fpr",
+    "update_norm_benign",
+    "update_norm_attacker",
     "seconds",
     "wall_seconds",
     "run_dir",
@@ -89,6 +91,9 @@ def cell_row(entry: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
     detection = summary.get("detection", {})
     for key in ("precision", "recall", "fpr"):
         row[f"detection_{key}"] = detection.get(key, "")
+    norms = summary.get("update_norms", {})  # medians over the run (absent in runs made before they were recorded)
+    row["update_norm_benign"] = norms.get("benign_median", "")
+    row["update_norm_attacker"] = norms.get("attacker_median", "")
     backdoors = summary.get("backdoors", {})
     row["backdoors"] = {name: {f: scores.get(f, "") for f in BACKDOOR_FIELDS} for name, scores in backdoors.items()}
     for column, fieldname in (
