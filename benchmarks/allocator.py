@@ -13,7 +13,13 @@ Reported per side: CPU seconds of each phase (user + system, the minimum over
 ``--repeats``), the system (kernel) share of the whole process and its minor
 page faults (median), peak resident memory (median).
 
+With ``--simulation ROUNDS`` it also runs the bench-dmba federation without an
+attacker (``experiments/bench-dmba.toml``'s ``[base]``: 20 clients, 10 a round,
+``cnn``) for ROUNDS rounds through the Flower simulation, each side in a fresh
+process, and reports the median wall seconds of a round (round 1 left out).
+
     OMP_NUM_THREADS=1 python benchmarks/allocator.py
+    OMP_NUM_THREADS=1 python benchmarks/allocator.py --repeats 2 --simulation 10
 """
 
 from __future__ import annotations
@@ -26,9 +32,14 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import tomllib
+from pathlib import Path
 
 CHILD_FLAG = "--child"
+SIMULATION_CHILD_FLAG = "--simulation-child"
+GRID = Path(__file__).resolve().parents[1] / "experiments" / "bench-dmba.toml"
 
 
 def child(images: int, eval_images: int) -> dict[str, float]:
@@ -72,6 +83,26 @@ def child(images: int, eval_images: int) -> dict[str, float]:
     }
 
 
+def simulation_child(rounds: int, output_dir: str) -> list[float]:
+    """Seconds of each round of the bench-dmba federation without an attacker."""
+    from flowerbed.platform.recorder import read_metrics
+    from flowerbed.platform.simulation import run_experiment
+
+    base = tomllib.loads(GRID.read_text())["base"]
+    flat = {**base, "num-server-rounds": rounds, "output-dir": output_dir, "experiment": "allocator"}
+    outcome = run_experiment(flat, quiet=True)
+    return [record["seconds"] for record in read_metrics(outcome.run_dir)]
+
+
+def run_simulation_child(keep: bool, rounds: int) -> list[float]:
+    env = {**os.environ, "FLOWERBED_KEEP_FREED_MEMORY": "1" if keep else "0"}
+    env.pop("OMP_NUM_THREADS", None)  # the server evaluates on every core, as in a bench cell
+    with tempfile.TemporaryDirectory() as output_dir:
+        command = [sys.executable, __file__, SIMULATION_CHILD_FLAG, "--simulation", str(rounds), "--out", output_dir]
+        output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def run_child(keep: bool, images: int, eval_images: int) -> dict[str, float]:
     env = {**os.environ, "FLOWERBED_KEEP_FREED_MEMORY": "1" if keep else "0", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, __file__, CHILD_FLAG, "--images", str(images), "--eval-images", str(eval_images)]
@@ -84,10 +115,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512, help="training images (one client epoch)")
     parser.add_argument("--eval-images", type=int, default=3700, help="images evaluated (one server round)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--simulation", type=int, default=0, metavar="ROUNDS", help="also time ROUNDS simulated rounds")
     parser.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(SIMULATION_CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.images, args.eval_images)))
+        return
+    if args.simulation_child:
+        print(json.dumps(simulation_child(args.simulation, args.out)))
         return
 
     results: dict[str, list[dict[str, float]]] = {"malloc defaults": [], "flowerbed settings": []}
@@ -109,6 +146,18 @@ def main() -> None:
             f"| {statistics.median(r['minor_faults'] for r in runs):,.0f} "
             f"| {statistics.median(r['peak_rss_mb'] for r in runs):.0f} |"
         )
+    if args.simulation:
+        seconds: dict[str, list[float]] = {"malloc defaults": [], "flowerbed settings": []}
+        for _ in range(args.repeats):
+            seconds["malloc defaults"] += run_simulation_child(False, args.simulation)[1:]
+            seconds["flowerbed settings"] += run_simulation_child(True, args.simulation)[1:]
+        print()
+        print(f"bench-dmba federation, no attacker: {args.simulation} rounds x {args.repeats} repeats (round 1 left out)")
+        print()
+        print("| malloc | median s/round | min s/round |")
+        print("|---|---:|---:|")
+        for side, values in seconds.items():
+            print(f"| {side} | {statistics.median(values):.2f} | {min(values):.2f} |")
 
 
 if __name__ == "__main__":
