@@ -1,10 +1,12 @@
 """Keep freed memory in the process for reuse instead of handing it back to the OS.
 
-By default glibc's malloc serves every large block (a batch's activations, a
-deserialised model) with a fresh ``mmap`` and returns it on ``free``, and trims
-the heap as soon as its free top passes 128 kB: every training step then
-re-faults its buffers page by page. On the bench federation that is ~70,000 page
-faults a second per client and 13% of a client's CPU time spent in the kernel.
+By default glibc's malloc gives the free top of its heap back to the OS once it
+passes the trim threshold (128 kB at first, raised only when an mmapped block is
+freed) and serves blocks above the mmap threshold with fresh ``mmap`` calls: a
+training step that frees its activations and gradients hands their pages back,
+and the next step faults them in again, page by page. On the bench federation
+that was ~70,000 page faults a second per client and 13% of a client's CPU time
+spent in the kernel.
 Raising the mmap threshold to its maximum (32 MiB), the trim threshold to 1 GiB
 and the top pad to 256 MiB lets freed blocks be reused; ``benchmarks/allocator.py``
 measures the difference. A process's memory can therefore stay up to ~1 GiB above
