@@ -3,7 +3,10 @@
 Builds one global model with torchvision's ResNet-18 layout (11.2M parameters,
 float32, 10 classes) and ``--clients`` random client models in memory, then
 times each strategy's ``aggregate_train`` on fresh Flower reply Messages
-("end-to-end": reading the ArrayRecords, the rule, building the new model).
+("end-to-end": reading the ArrayRecords, the rule, building the new model) in
+two consecutive rounds of one strategy: the first round allocates the update
+matrix, later rounds reuse its memory (as every round after the first of a run
+does). Like the ServerApp, the process keeps freed memory (platform/allocator.py).
 For the defences flowerbed implements on the update matrix it also times the
 rule alone on an already-flattened ``UpdateBatch`` ("rule"). With
 ``--flower-reference`` it also times Flower's own strategy for the rules
@@ -30,6 +33,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import strategy as flwr_strategy
 from flwr.supercore.task_identity import TaskIdentity
 
+from flowerbed.platform.allocator import keep_freed_memory
 from flowerbed.platform.registry import STRATEGIES
 from flowerbed.platform.server_model import ServerModelHooks
 from flowerbed.strategies.update_defence import UpdateDefence
@@ -140,33 +144,36 @@ def build(name: str, num_clients: int, root: ServerModelHooks):
 
 
 def time_one(name: str, rule_only: bool, setup: dict, connection, flower: bool = False) -> None:
-    """Child process: time one strategy (the rule alone, or aggregate_train end to end).
+    """Child process: time one strategy (the rule alone, or two rounds of aggregate_train end to end).
 
-    Sends (wall seconds, CPU seconds of this process, flagged); on a shared machine the CPU time is the steadier number.
-
-    ``flower``: time Flower's own strategy for ``name`` instead (flagged is then -1: Flower does not report it).
+    Sends ((wall seconds, CPU seconds of this process) per timed round, flagged); on a shared machine the CPU
+    time is the steadier number. ``flower``: time Flower's own strategy for ``name`` instead (flagged is then
+    -1: Flower does not report it).
     """
     clients, global_record, root = setup["clients"], setup["global_record"], setup["root"]
     strategy = flower_twin(name, len(clients)) if flower else build(name, len(clients), root)
-    strategy.configure_train(1, global_record, ConfigRecord(), BenchGrid(len(clients)))
-    replies = replies_from(clients)
     if rule_only:
-        batch = UpdateBatch.from_contents([reply.content for reply in replies], global_record)
-        del replies
+        strategy.configure_train(1, global_record, ConfigRecord(), BenchGrid(len(clients)))
+        batch = UpdateBatch.from_contents([reply.content for reply in replies_from(clients)], global_record)
         start, cpu_start = time.perf_counter(), time.process_time()
         result = strategy.aggregate_updates(batch, 1)
-        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        timings = [(time.perf_counter() - start, time.process_time() - cpu_start)]
         flagged = int((~result.accepted).sum())
     else:
-        start, cpu_start = time.perf_counter(), time.process_time()
-        arrays, _ = strategy.aggregate_train(1, replies)
-        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-        assert arrays is not None, name
+        timings = []
+        for server_round in (1, 2):
+            strategy.configure_train(server_round, global_record, ConfigRecord(), BenchGrid(len(clients)))
+            replies = replies_from(clients)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            arrays, _ = strategy.aggregate_train(server_round, replies)
+            timings.append((time.perf_counter() - start, time.process_time() - cpu_start))
+            assert arrays is not None, name
+            del arrays, replies
         flagged = -1 if flower else len(strategy.last_flagged)
-    connection.send((seconds, cpu_seconds, flagged))
+    connection.send((timings, flagged))
 
 
-def measure(name: str, rule_only: bool, setup: dict, flower: bool = False) -> tuple[float, float, int] | None:
+def measure(name: str, rule_only: bool, setup: dict, flower: bool = False) -> tuple[list[tuple[float, float]], int] | None:
     """Run :func:`time_one` in a forked child (it shares the client arrays; its memory is freed on exit)."""
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
@@ -188,6 +195,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    keep_freed_memory()
     logging.getLogger("flwr").setLevel(logging.ERROR)
 
     names = args.only.split(",") if args.only else STRATEGIES.names()
@@ -214,29 +222,31 @@ def main() -> None:
         f"{args.clients} clients x {num_parameters / 1e6:.2f}M float32 parameters (ResNet-18, 10 classes);"
         f" torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}\n"
     )
-    reference_header = " Flower's own strategy, end-to-end (s) |" if references else ""
+    reference_header = " Flower's own strategy, later round (s) |" if references else ""
     print(
-        "| defence | end-to-end aggregate_train (s) | end-to-end CPU (s) | rule on the update matrix (s) |"
-        f"{reference_header} flagged | cost |"
+        "| defence | round 1 end-to-end (s) | later round end-to-end (s) | later round CPU (s) |"
+        f" rule on the update matrix (s) |{reference_header} flagged | cost |"
     )
-    print("|---|---:|---:|---:|" + ("---:|" if references else "") + "---:|---|")
+    print("|---|---:|---:|---:|---:|" + ("---:|" if references else "") + "---:|---|")
 
-    def seconds(result: tuple[float, float, int] | None, column: int = 0) -> str:
-        return "killed (out of memory?)" if result is None else f"{result[column]:.2f}"
+    def seconds(result: tuple[list[tuple[float, float]], int] | None, round_index: int, column: int = 0) -> str:
+        return "killed (out of memory?)" if result is None else f"{result[0][round_index][column]:.2f}"
 
     for name in names:
         end_to_end = measure(name, False, setup)
         rule = measure(name, True, setup) if issubclass(STRATEGIES.get(name), UpdateDefence) else None
-        rule_text = "-" if rule is None else seconds(rule)
+        rule_text = "-" if rule is None else seconds(rule, 0)
         reference_text = ""
         if references:
-            reference_text = f" {seconds(measure(name, False, setup, flower=True))} |" if name in references else " - |"
-        flagged = "-" if end_to_end is None else str(end_to_end[2])
+            reference = measure(name, False, setup, flower=True) if name in references else None
+            reference_text = f" {seconds(reference, 1)} |" if name in references else " - |"
+        flagged = "-" if end_to_end is None else str(end_to_end[1])
         print(
-            f"| {name} | {seconds(end_to_end)} | {seconds(end_to_end, 1)} | {rule_text} |{reference_text} {flagged}"
-            f" | {COST.get(name, 'O(n d)')} |",
+            f"| {name} | {seconds(end_to_end, 0)} | {seconds(end_to_end, 1)} | {seconds(end_to_end, 1, 1)} |"
+            f" {rule_text} |{reference_text} {flagged} | {COST.get(name, 'O(n d)')} |",
             flush=True,
         )
+
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,8 @@ from flowerbed.platform.sanitize import sanitize_replies
 from flowerbed.platform.server_model import ServerModelHooks
 from flowerbed.strategies.robust_aggregation.coordinatewise import closest_to_median_window
 from flowerbed.strategies.robust_aggregation.krum_selection import squared_distances
+from flowerbed.strategies.update_defence import UpdateDefence
+from flowerbed.strategies.updates import UpdateBatch, UpdateMatrixBuffer
 
 SHAPES = {"hidden.weight": (6, 5), "hidden.bias": (6,), "out.weight": (4, 6), "out.bias": (4,)}
 FLOAT_SIZE = sum(math.prod(shape) for shape in SHAPES.values())
@@ -181,6 +183,59 @@ def test_every_strategy_runs_a_round_and_reports(name):
     assert set(strategy.last_flagged) <= set(range(PID_OFFSET, PID_OFFSET + NUM_CLIENTS))
 
 
+UPDATE_DEFENCES = [name for name in ALL_NAMES if issubclass(STRATEGIES.get(name), UpdateDefence)]
+
+
+@pytest.mark.parametrize("name", UPDATE_DEFENCES)
+def test_reused_update_matrix_gives_the_rounds_a_fresh_one_gives(name, monkeypatch):
+    """Three rounds (10, 7, then 10 clients) through one strategy, whose update matrix memory is kept
+    from round to round, equal the same rounds with a freshly allocated matrix each round."""
+    base = global_model()
+    rounds = [scenario_updates("aligned", 1), scenario_updates("diverse", 2)[:7], scenario_updates("aligned", 3)]
+
+    def run_three_rounds():
+        strategy = build(name, root_data=hooks(base, rounds[0][0]))
+        results, pointers = [], []
+        for server_round, updates in enumerate(rounds, start=1):
+            strategy.configure_train(server_round, to_record(base), ConfigRecord(), FakeGrid())
+            arrays, _ = strategy.aggregate_train(server_round, make_replies(client_models(updates, base)))
+            results.append(as_numpy(arrays))
+            pointers.append(strategy._update_matrix._storage.data_ptr())
+        return results, pointers
+
+    kept, pointers = run_three_rounds()
+    assert len(set(pointers)) == 1  # the second and third rounds wrote into the first round's memory
+    kept_rows = UpdateMatrixBuffer.rows
+
+    def fresh_rows(buffer, num_rows, num_columns):
+        buffer._storage = None  # forget the last round's memory: allocate anew
+        return kept_rows(buffer, num_rows, num_columns)
+
+    monkeypatch.setattr(UpdateMatrixBuffer, "rows", fresh_rows)
+    fresh, _ = run_three_rounds()
+    for kept_round, fresh_round in zip(kept, fresh, strict=True):
+        for key in base:
+            np.testing.assert_array_equal(kept_round[key], fresh_round[key], err_msg=key)
+
+
+def test_update_batch_records_each_rows_floating_norm():
+    base = global_model()
+    updates = scenario_updates("diverse")
+    contents = [reply.content for reply in make_replies(client_models(updates, base))]
+    batch = UpdateBatch.from_contents(contents, to_record(base), buffer=UpdateMatrixBuffer())
+    floating = np.vstack([flat(model) - flat(base) for model in client_models(updates, base)])
+    np.testing.assert_allclose(batch.floating_norms.numpy(), np.linalg.norm(floating, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(batch.floating.numpy(), floating[:, batch_order(batch)], rtol=0, atol=1e-6)
+
+
+def batch_order(batch: UpdateBatch) -> np.ndarray:
+    """Column order of the batch's floating part in terms of :func:`flat`'s (SHAPES order)."""
+    starts = dict(zip(SHAPES, np.cumsum([0] + [math.prod(shape) for shape in SHAPES.values()])[:-1], strict=True))
+    return np.concatenate(
+        [starts[key] + np.arange(math.prod(shape)) for key, shape, _ in batch.layout.floating_segments()]
+    )
+
+
 # ---------------------------------------------------------------- same aggregate as Flower's own strategy
 
 FLOWER_TWINS = [
@@ -310,17 +365,56 @@ def test_krum_distances_equal_flowers_compute_distances():
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-9 * np.abs(theirs).max())
 
 
-def test_dp_fixed_clipping_equals_flowers_wrapper_without_noise():
-    base = global_model()
-    models = client_models(scenario_updates("aligned"), base)
-    ours, _ = run_round(build("dp-fixed-clipping", {"noise-multiplier": 0.0, "clipping-norm": 0.5}), base, models)
-    flower = flwr_strategy.DifferentialPrivacyServerSideFixedClipping(
-        flwr_strategy.FedAvg(), noise_multiplier=0.0, clipping_norm=0.5, num_sampled_clients=NUM_CLIENTS
+def flowers_dp_fixed_clipping(clipping_norm: float):
+    return flwr_strategy.DifferentialPrivacyServerSideFixedClipping(
+        flwr_strategy.FedAvg(), noise_multiplier=0.0, clipping_norm=clipping_norm, num_sampled_clients=NUM_CLIENTS
     )
+
+
+def test_dp_fixed_clipping_equals_flowers_wrapper_on_floating_point_models():
+    base = {key: value for key, value in global_model().items() if key != COUNTER}
+    models = [
+        {key: value for key, value in model.items() if key != COUNTER}
+        for model in client_models(scenario_updates("aligned"), global_model())
+    ]
+    ours = build("dp-fixed-clipping", {"noise-multiplier": 0.0, "clipping-norm": 0.5})
+    aggregates = []
+    for strategy in (ours, flowers_dp_fixed_clipping(0.5)):
+        strategy.configure_train(1, to_record(base), ConfigRecord(), FakeGrid())
+        replies = [
+            Message(
+                content=RecordDict(
+                    {"arrays": to_record(model), "metrics": MetricRecord({"num-examples": 10, "partition-id": PID_OFFSET + i})}
+                ),
+                dst_node_id=i + 1,
+                message_type=MessageType.TRAIN,
+            )
+            for i, model in enumerate(models)
+        ]
+        aggregates.append(as_numpy(strategy.aggregate_train(1, replies)[0]))
+    for key in base:
+        np.testing.assert_allclose(aggregates[0][key], aggregates[1][key], rtol=1e-6, err_msg=key)
+
+
+def test_dp_fixed_clipping_clips_the_weights_not_batchnorm_step_counters():
+    """Flower's wrapper counts the integer step counter's change in the norm; ours clips the floating update to S."""
+    base = global_model()
+    updates = scenario_updates("aligned")
+    models = client_models(updates, base, counter_step=50)  # counters move by 10..460: far more than the weights
+    clipping_norm = 0.5
+    ours, _ = run_round(build("dp-fixed-clipping", {"noise-multiplier": 0.0, "clipping-norm": clipping_norm}), base, models)
+    flower = flowers_dp_fixed_clipping(clipping_norm)
     flower.configure_train(1, to_record(base), ConfigRecord(), FakeGrid())
     theirs, _ = flower.aggregate_train(1, make_replies(models))
-    for key in base:
-        np.testing.assert_allclose(as_numpy(ours)[key], as_numpy(theirs)[key], rtol=1e-6)
+
+    norms = np.linalg.norm(updates, axis=1)
+    weights = (10 + np.arange(NUM_CLIENTS)) / (10 + np.arange(NUM_CLIENTS)).sum()
+    clipped_mean = (weights * np.minimum(1.0, clipping_norm / norms)) @ updates
+    np.testing.assert_allclose(flat(as_numpy(ours)) - flat(base), clipped_mean, rtol=0, atol=1e-5)
+    counters = np.array([int(model[COUNTER]) for model in models], dtype=np.float64)
+    assert float(as_numpy(ours)[COUNTER]) == pytest.approx(weights @ counters)  # averaged, not clipped
+    flowers_step = np.linalg.norm(flat(as_numpy(theirs)) - flat(base))
+    assert flowers_step < 0.2 * np.linalg.norm(clipped_mean)  # Flower's norm is dominated by the counters
 
 
 def test_dp_fixed_clipping_noise_is_seeded_and_has_flowers_std():

@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import FedAvg
 from .base import FlowerbedStrategy, flower_kwargs
 from .params import StrategyParams
 from flowerbed.platform.server_model import ServerModelHooks
-from .updates import UpdateBatch
+from .updates import UpdateBatch, UpdateMatrixBuffer
 
 
 @dataclass
@@ -54,6 +54,7 @@ class UpdateDefence(FlowerbedStrategy, FedAvg):
         FedAvg.__init__(self, **flower_kwargs(fraction_train, num_clients_per_round))
         self.root_data = root_data
         self._global_arrays: ArrayRecord | None = None
+        self._update_matrix = UpdateMatrixBuffer()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -73,7 +74,7 @@ class UpdateDefence(FlowerbedStrategy, FedAvg):
         if self._global_arrays is None:
             raise RuntimeError(f"{type(self).__name__}: configure_train must run before aggregate_train")
         contents = [reply.content for reply in valid_replies]
-        batch = UpdateBatch.from_contents(contents, self._global_arrays, self.weighted_by_key)
+        batch = UpdateBatch.from_contents(contents, self._global_arrays, self.weighted_by_key, self._update_matrix)
         result = self.aggregate_updates(batch, server_round)
         arrays = batch.to_arrays(result.update, result.accepted)
         accepted = result.accepted.tolist()

@@ -161,8 +161,7 @@ class DeepSight(UpdateDefence):
         )
         if not bool(accepted.any()):
             return Aggregation(torch.zeros(batch.layout.num_floating), accepted)
-        updates = batch.floating
-        update, _ = median_clipped_mean(updates, accepted, torch.linalg.vector_norm(updates, dim=1))
+        update, _ = median_clipped_mean(batch.floating, accepted, batch.floating_norms)
         return Aggregation(update, accepted)
 
     def _division_differences(self, batch: UpdateBatch, server_round: int) -> list[torch.Tensor]:

@@ -2,7 +2,15 @@
 "Learning Differentially Private Recurrent Language Models", arXiv 1710.06963; Geyer et al.,
 arXiv 1712.07557): clip every update to norm S, average with FedAvg, add Gaussian noise of
 standard deviation z * S / n. Flower's DifferentialPrivacyServerSideFixedClipping around
-FedAvg; the noise is drawn from a generator seeded by (run seed, round)."""
+FedAvg; the noise is drawn from a generator seeded by (run seed, round).
+
+One change to Flower's wrapper: the clipping norm is measured on the floating-point
+update only, and integer arrays are neither clipped nor noised. Flower clips the
+difference of every array, and BatchNorm's ``num_batches_tracked`` counters grow by
+the number of local steps: with the ``cnn`` (four BatchNorm layers, 16 steps a round)
+Flower measures 32 for an update whose weights moved by 0.63, so S = 1.5 scaled every
+honest update by 0.05 and an attacker's ten-epoch update by 0.005 — a learning-rate
+cut, not the clipping the paper describes."""
 
 from __future__ import annotations
 
@@ -12,9 +20,11 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp import strategy as flwr_strategy
+from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
 from flwr.supercore.differential_privacy import compute_stdv
 from pydantic import Field
 
+from flowerbed.platform.arrays import array_view, update_norm
 from flowerbed.platform.registry import STRATEGIES
 
 from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
@@ -31,6 +41,29 @@ class DpFixedClippingParams(StrategyParams):
     clipping_norm: float = Field(
         1.0, alias="clipping-norm", gt=0.0, description="S, the L2 bound of every client update (tune to the update norms)"
     )
+
+
+def clip_floating_update(record: ArrayRecord, global_arrays: ArrayRecord, clipping_norm: float) -> ArrayRecord:
+    """``record`` with its floating-point update (record - global) scaled to L2 norm <= ``clipping_norm``.
+
+    Integer arrays (e.g. BatchNorm's step counters) are kept as they are; so is a record already within the bound.
+    The arithmetic is Flower's ``compute_clip_model_update``: global + (record - global) * factor, in the array's dtype.
+    """
+    norm = update_norm(record, global_arrays)
+    if norm <= clipping_norm:
+        return record
+    factor = clipping_norm / norm
+    clipped = {}
+    for key, array in record.items():
+        values = array_view(array)
+        if values.dtype.kind != "f":
+            clipped[key] = array
+            continue
+        base = array_view(global_arrays[key])
+        update = np.subtract(values, base)
+        update *= factor
+        clipped[key] = Array(np.asarray(base + update))
+    return ArrayRecord(clipped)
 
 
 @STRATEGIES.register("dp-fixed-clipping")
@@ -62,16 +95,35 @@ class DpFixedClipping(FlagsNobody, FlowerbedStrategy, flwr_strategy.Differential
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Flower's clipping, FedAvg and noise (seeded by this round)."""
+        """Flower's (flwr 1.42) server-side fixed clipping: check, clip, FedAvg, noise (seeded by this round).
+
+        Flower's own steps, except that each update is clipped by :func:`clip_floating_update`.
+        """
         self._round = server_round
-        return super().aggregate_train(server_round, replies)
+        replies_list = list(replies)
+        event = self._pop_pending_event(server_round)
+        if not validate_replies(replies_list, self.num_sampled_clients, strict=self.accountant is not None):
+            return None, None
+        self._validate_uniform_weights(replies_list)
+        for reply in replies_list:
+            for record_name, record in list(reply.content.array_records.items()):
+                reply.content[record_name] = clip_floating_update(record, self.current_arrays, self.clipping_norm)
+        aggregated_arrays, aggregated_metrics = self.strategy.aggregate_train(server_round, replies_list)
+        if aggregated_arrays:
+            aggregated_arrays = self._add_noise_to_aggregated_arrays(aggregated_arrays)
+            self._compose_release(event)
+        return aggregated_arrays, aggregated_metrics
 
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
-        """Flower's Gaussian noise (std z * S / n on every array), from a seeded generator."""
+        """Flower's Gaussian noise (std z * S / n), from a seeded generator, on the arrays that are floating-point
+        in the global model (FedAvg turns an integer counter into its float mean: it stays noise-free)."""
         std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
         generator = np.random.default_rng([self.seed, self._round])
         noisy = {}
         for key, array in aggregated_arrays.items():
-            values = array.numpy()
+            values = array_view(array)
+            if key in self.current_arrays and np.dtype(self.current_arrays[key].dtype).kind != "f":
+                noisy[key] = array
+                continue
             noisy[key] = Array(np.asarray(values + generator.normal(0.0, std, values.shape).astype(values.dtype)))
         return ArrayRecord(noisy)

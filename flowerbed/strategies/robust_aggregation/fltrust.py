@@ -25,10 +25,13 @@ from ..update_defence import Aggregation, UpdateDefence
 from ..updates import UpdateBatch
 
 
-def fltrust_aggregate(updates: torch.Tensor, root_update: torch.Tensor) -> Aggregation:
-    """FLTrust's trust-weighted, norm-aligned mean of ``updates`` given the server's ``root_update``."""
+def fltrust_aggregate(updates: torch.Tensor, root_update: torch.Tensor, norms: torch.Tensor | None = None) -> Aggregation:
+    """FLTrust's trust-weighted, norm-aligned mean of ``updates`` given the server's ``root_update``.
+
+    ``norms``: the updates' L2 norms, if already known (else computed here).
+    """
     root_norm = torch.linalg.vector_norm(root_update.double())
-    norms = torch.linalg.vector_norm(updates, dim=1).double()
+    norms = (torch.linalg.vector_norm(updates, dim=1) if norms is None else norms).double()
     dots = (updates @ root_update).double()
     usable = (norms > 0) & (root_norm > 0)
     cosine = torch.where(usable, dots / (norms * root_norm).clamp(min=1e-300), torch.zeros_like(dots))
@@ -73,4 +76,4 @@ class FLTrust(UpdateDefence):
         assert self.root_data is not None and self.root_data.root_update is not None and self._global_arrays is not None
         root_model = self.root_data.root_update(self._global_arrays, server_round)
         root_update = batch.flatten_like(root_model)[: batch.layout.num_floating]
-        return fltrust_aggregate(batch.floating, root_update)
+        return fltrust_aggregate(batch.floating, root_update, batch.floating_norms)

@@ -30,9 +30,14 @@ def norm_clipping_aggregate(
     norm_bound: float,
     noise_std: float = 0.0,
     generator: torch.Generator | None = None,
+    norms: torch.Tensor | None = None,
 ) -> Aggregation:
-    """Weighted mean of the updates clipped to ``norm_bound``, plus N(0, noise_std^2) noise."""
-    factors = clip_factors(torch.linalg.vector_norm(updates, dim=1), norm_bound)
+    """Weighted mean of the updates clipped to ``norm_bound``, plus N(0, noise_std^2) noise.
+
+    ``norms``: the updates' L2 norms, if already known (else computed here).
+    """
+    norms = torch.linalg.vector_norm(updates, dim=1) if norms is None else norms
+    factors = clip_factors(norms, norm_bound)
     update = (weights * factors).to(updates.dtype) @ updates
     if noise_std > 0:
         update += noise_std * torch.randn(update.shape, generator=generator, dtype=update.dtype)
@@ -53,4 +58,5 @@ class NormClipping(UpdateDefence):
             norm_bound=self.params.norm_bound,
             noise_std=self.params.noise_std,
             generator=self.round_generator(server_round),
+            norms=batch.floating_norms,
         )
