@@ -50,6 +50,7 @@ COST = {
     "deepsight": "O(n^2) clustering on the output layer only (DDifs off: no model here)",
     "median": "O(n d log n): sort each coordinate's n values (cache-sized blocks)",
     "trimmed-mean": "O(n d log n): sort each coordinate's n values (cache-sized blocks)",
+    "rfa": "O(T n d): T <= max-iterations + 1 Weiszfeld passes (distances, weighted sum)",
 }
 
 # Rules flowerbed computes block by block from the replies (robust_aggregation/coordinatewise.py,
