@@ -120,9 +120,14 @@ def test_same_seed_gives_identical_metrics_and_killed_run_resumes(reference, tmp
     assert 1 <= len(left) < 3
     assert torch.load(killed_dir / "checkpoint.pt", weights_only=True)["round"] >= 1
     assert not (killed_dir / "summary.json").exists()
+    first_environment = json.loads((killed_dir / "environment.json").read_text())
 
     outcome = run_experiment({**flat, "output-dir": str(output), "experiment": "killed", "resume": str(killed_dir)}, quiet=True)
     assert outcome.run_dir == killed_dir
+    environment = json.loads((killed_dir / "environment.json").read_text())
+    (resumed,) = environment.pop("resumed")  # the first record is kept, the resumed session's appended
+    assert environment == first_environment and resumed["after-round"] == len(left)
+    assert resumed["command"] != first_environment["command"]  # cli run, then run_experiment in this process
     assert _without_timing(read_metrics(killed_dir)) == _without_timing(read_metrics(reference_dir))
     assert (killed_dir / "summary.json").exists()
 

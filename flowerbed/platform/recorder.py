@@ -78,7 +78,18 @@ class Recorder:
         atomic_write_json(self.run_dir / CONFIG, config_json)
 
     def write_environment(self, environment: dict[str, Any]) -> None:
-        atomic_write_json(self.run_dir / ENVIRONMENT, environment)
+        """Record what produced the run. A resumed run keeps the first record and appends its own to ``resumed``
+        (with the last round recorded before it), so rounds made by different code can be told apart."""
+        path = self.run_dir / ENVIRONMENT
+        if self.rounds and path.exists():
+            try:
+                first = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                first = None
+            if isinstance(first, dict):
+                first.setdefault("resumed", []).append({"after-round": self.rounds[-1]["round"], **environment})
+                environment = first
+        atomic_write_json(path, environment)
 
     def write_attackers(self, description: dict[str, Any]) -> None:
         atomic_write_json(self.run_dir / ATTACKERS, description)
