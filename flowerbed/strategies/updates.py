@@ -65,10 +65,6 @@ class ArrayLayout:
         """Whether each array is floating-point."""
         return tuple(bool(np.issubdtype(dtype, np.floating)) for dtype in self.dtypes)
 
-    def segment(self, index: int) -> slice:
-        """The slice of array ``index`` in the flat vector."""
-        return self.segments[index]
-
     def floating_segments(self) -> Iterator[tuple[str, tuple[int, ...], slice]]:
         """(key, shape, slice) of each floating-point array, in key order."""
         for index, key in enumerate(self.keys):
@@ -125,7 +121,7 @@ class ArrayLayout:
         flat = vector.detach().cpu().numpy()
         arrays = {}
         for index, key in enumerate(self.keys):
-            values = flat[self.segment(index)].reshape(self.shapes[index])
+            values = flat[self.segments[index]].reshape(self.shapes[index])
             dtype = self.dtypes[index]
             if not np.issubdtype(dtype, np.floating):
                 values = np.rint(values)
