@@ -252,6 +252,8 @@ FLOWER_TWINS = [
 ]
 
 
+KRUM_FAMILY = {"krum", "multi-krum", "bulyan"}
+
 # flowerbed computes these rules itself (robust_aggregation/coordinatewise.py, krum_selection.py);
 # trimmed mean and Bulyan sum their kept float32 values in another order than Flower: round-off.
 SUMS_IN_ANOTHER_ORDER = {"trimmed-mean", "bulyan"}
@@ -273,17 +275,23 @@ def assert_same_aggregate(ours: ArrayRecord, theirs: ArrayRecord, exact: bool) -
 @pytest.mark.parametrize("scenario", ["aligned", "diverse"])
 @pytest.mark.parametrize(("name", "params", "flower"), FLOWER_TWINS, ids=[t[0] for t in FLOWER_TWINS])
 def test_aggregate_equals_flowers(name, params, flower, scenario):
-    """10 clients (an even count: the median averages the two middle values); "diverse" has identical sybils."""
+    """10 clients (an even count: the median averages the two middle values); "diverse" has identical sybils.
+
+    The Krum family leaves integer arrays out of its distances (Flower's counts them): the clients' counters
+    are equal here, where both must agree. Then the three identical sybils of "diverse" tie exactly, and the
+    same selected clients may be summed in another order (a few ulps).
+    """
     base = global_model()
-    models = client_models(scenario_updates(scenario), base)
+    models = client_models(scenario_updates(scenario), base, counter_step=0 if name in KRUM_FAMILY else 1)
     ours, _ = run_round(build(name, params), base, models)
     theirs, _ = flower().aggregate_train(1, make_replies(models))
-    assert_same_aggregate(ours, theirs, exact=name not in SUMS_IN_ANOTHER_ORDER)
+    ties = name in KRUM_FAMILY and scenario == "diverse"
+    assert_same_aggregate(ours, theirs, exact=name not in SUMS_IN_ANOTHER_ORDER and not ties)
 
 
-def wide_models(num_clients: int, seed: int = 3) -> list[dict[str, np.ndarray]]:
+def wide_models(num_clients: int, seed: int = 3, equal_counters: bool = False) -> list[dict[str, np.ndarray]]:
     """Client models with a float32 array spanning several blocks of the coordinate-wise kernels, a float32
-    scalar, a float64 array and an int64 counter that differs between clients."""
+    scalar, a float64 array and an int64 counter that differs between clients (unless ``equal_counters``)."""
     rng = np.random.default_rng(seed)
     base = {
         "conv.weight": rng.normal(size=(3, 7, 1000)).astype(np.float32),
@@ -294,7 +302,7 @@ def wide_models(num_clients: int, seed: int = 3) -> list[dict[str, np.ndarray]]:
     models = []
     for _ in range(num_clients):
         model = {key: (value + 0.1 * rng.normal(size=value.shape)).astype(value.dtype) for key, value in base.items()}
-        model["bn.num_batches_tracked"] = base["bn.num_batches_tracked"] + rng.integers(0, 5)
+        model["bn.num_batches_tracked"] = base["bn.num_batches_tracked"] + rng.integers(0, 5) * (not equal_counters)
         models.append(model)
     return models
 
@@ -322,7 +330,7 @@ WIDE_TWINS = [
     ("name", "params", "num_clients", "flower"), WIDE_TWINS, ids=[f"{t[0]}-{t[1]}-{t[2]}" for t in WIDE_TWINS]
 )
 def test_aggregate_equals_flowers_across_blocks_dtypes_and_client_counts(name, params, num_clients, flower):
-    models = wide_models(num_clients)
+    models = wide_models(num_clients, equal_counters=name in KRUM_FAMILY)  # see test_aggregate_equals_flowers
 
     def replies() -> list[Message]:
         return [
@@ -345,6 +353,28 @@ def test_aggregate_equals_flowers_across_blocks_dtypes_and_client_counts(name, p
     assert_same_aggregate(ours, theirs, exact=name not in SUMS_IN_ANOTHER_ORDER)
 
 
+@pytest.mark.parametrize("name", sorted(KRUM_FAMILY))
+def test_krum_family_ignores_batchnorm_step_counters(name):
+    """Counters that grow with each client's local steps (as BatchNorm's do) change nothing: the same models with
+    equal counters give the same selection and aggregate. Flower's own rule, which counts them, selects otherwise."""
+    base = global_model()
+    updates = scenario_updates("aligned")
+    params = {"num-malicious": 1}
+    varied = client_models(updates, base, counter_step=40)  # counters 10, 50, ..., 370 steps apart
+    equal = client_models(updates, base, counter_step=0)
+    strategies = [build(name, params), build(name, params)]
+    with_varied, _ = run_round(strategies[0], base, varied)
+    with_equal, _ = run_round(strategies[1], base, equal)
+    assert strategies[0].last_flagged == strategies[1].last_flagged
+    for key in SHAPES:
+        np.testing.assert_array_equal(as_numpy(with_varied)[key], as_numpy(with_equal)[key], err_msg=key)
+    flower_twin = dict((twin[0], twin[2]) for twin in FLOWER_TWINS)[name]
+    flower = flower_twin().__class__(num_malicious_nodes=1)
+    flowers_varied, _ = flower.aggregate_train(1, make_replies(varied))
+    flowers_equal, _ = flower.aggregate_train(1, make_replies(equal))
+    assert not np.array_equal(flat(as_numpy(flowers_varied)), flat(as_numpy(flowers_equal)))
+
+
 @pytest.mark.parametrize("num_clients", [7, 8])
 def test_bulyan_window_holds_the_values_closest_to_the_median_despite_ties(num_clients):
     """Small integers tie a lot: the chosen window's distances are the smallest ones (Flower's argpartition set)."""
@@ -357,11 +387,12 @@ def test_bulyan_window_holds_the_values_closest_to_the_median_despite_ties(num_c
         np.testing.assert_array_equal(np.sort(window, axis=1), np.sort(distances, axis=1)[:, :count])
 
 
-def test_krum_distances_equal_flowers_compute_distances():
+def test_krum_distances_equal_flowers_compute_distances_on_the_floating_point_arrays():
     models = wide_models(12)
     records = [to_record(model) for model in models]
-    theirs = compute_distances(records)  # float64: the int64 counter promotes the concatenation
-    ours = squared_distances(records, list(records[0].keys()))
+    floating = [to_record({key: value for key, value in model.items() if value.dtype.kind == "f"}) for model in models]
+    theirs = compute_distances(floating)  # float64: the float64 array promotes the concatenation
+    ours = squared_distances(records, list(records[0].keys()))  # the differing int64 counters left out
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-9 * np.abs(theirs).max())
 
 

@@ -8,10 +8,18 @@ for 100 ResNet-18s) and takes ``|x|^2 + |y|^2 - 2 x.y`` from its Gram matrix.
 replies' arrays: every model is taken minus the first one (distances do not
 change; the cancellation in the formula shrinks to the spread of the models),
 and the float32 Gram matrix of each cache-sized block of coordinates (BLAS
-``syrk``: one triangle) is accumulated in float64. Integer arrays count, as
-in Flower. :func:`select_multikrum` then applies Flower's scoring and ordering
-unchanged, and the selected replies are averaged with Flower's arithmetic
-(:func:`weighted_average`).
+``syrk``: one triangle) is accumulated in float64. :func:`select_multikrum`
+then applies Flower's scoring and ordering unchanged, and the selected replies
+are averaged with Flower's arithmetic (:func:`weighted_average`).
+
+One change to Flower's rule: integer arrays are left out of the distances, as
+every flowerbed defence leaves them out of its geometry. Flower counts them,
+and BatchNorm's ``num_batches_tracked`` counters grow by the number of local
+steps: in the bench federation (``cnn``, four BatchNorm layers, 6 to 28 local
+steps a round) two honest clients' counters differ by up to 22 per layer, a
+squared distance of up to ~1,900 against ~2 for their weights, so Flower's Krum
+ranked clients by how much data they had, and caught an attacker by its extra poison epochs (a counter any
+attacker can reset) rather than by what its update does.
 """
 
 from __future__ import annotations
@@ -26,11 +34,13 @@ from .coordinatewise import all_float32, client_columns, flat_views, reply_array
 
 
 def squared_distances(records: Sequence[ArrayRecord], keys: Iterable[str]) -> np.ndarray:
-    """Squared Euclidean distances between whole models (every array, integer ones included), float64 ``(n, n)``."""
+    """Squared Euclidean distances between the models' floating-point arrays (integer ones left out), float64 ``(n, n)``."""
     num_clients = len(records)
     upper = np.zeros((num_clients, num_clients))  # upper triangle of the Gram matrix of the models minus model 0
     for key in keys:
         views, _ = flat_views(records, key)
+        if views[0].dtype.kind != "f":
+            continue
         if all_float32(views):
             for _, columns in client_columns(views, minus=views[0]):  # (coordinates, clients)
                 upper += blas.ssyrk(1.0, columns.T)  # columns.T is Fortran-ordered: no copy
