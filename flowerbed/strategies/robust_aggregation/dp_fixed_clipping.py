@@ -5,12 +5,14 @@ standard deviation z * S / n. Flower's DifferentialPrivacyServerSideFixedClippin
 FedAvg; the noise is drawn from a generator seeded by (run seed, round).
 
 One change to Flower's wrapper: the clipping norm is measured on the floating-point
-update only, and integer arrays are neither clipped nor noised. Flower clips the
-difference of every array, and BatchNorm's ``num_batches_tracked`` counters grow by
-the number of local steps: with the ``cnn`` (four BatchNorm layers, 16 steps a round)
-Flower measures 32 for an update whose weights moved by 0.63, so S = 1.5 scaled every
-honest update by 0.05 and an attacker's ten-epoch update by 0.005 — a learning-rate
-cut, not the clipping the paper describes."""
+update only, and integer arrays are neither clipped nor noised, as in every other
+flowerbed defence. Flower clips the difference of every array, and BatchNorm's
+``num_batches_tracked`` counters grow by the number of local steps: from a client that
+sends its whole ``state_dict`` (Flower's example apps do) with the ``cnn`` (four
+BatchNorm layers, 16 steps a round) Flower measures 32 for an update whose weights
+moved by 0.63, so S = 1.5 would scale it by 0.05 — a learning-rate cut, not the
+clipping the paper describes. (flowerbed's own clients send the counters back
+unchanged, so its runs never hit this.)"""
 
 from __future__ import annotations
 

@@ -15,11 +15,13 @@ are averaged with Flower's arithmetic (:func:`weighted_average`).
 One change to Flower's rule: integer arrays are left out of the distances, as
 every flowerbed defence leaves them out of its geometry. Flower counts them,
 and BatchNorm's ``num_batches_tracked`` counters grow by the number of local
-steps: in the bench federation (``cnn``, four BatchNorm layers, 6 to 28 local
-steps a round) two honest clients' counters differ by up to 22 per layer, a
-squared distance of up to ~1,900 against ~2 for their weights, so Flower's Krum
-ranked clients by how much data they had, and caught an attacker by its extra poison epochs (a counter any
-attacker can reset) rather than by what its update does.
+steps: from clients that send their whole ``state_dict`` in the bench federation
+(``cnn``, four BatchNorm layers, 6 to 28 local steps a round) two honest
+clients' counters would differ by up to 22 per layer, a squared distance of up
+to ~1,900 against ~2 for their weights: Krum would rank clients by how much data
+they have, and catch an attacker by its extra poison epochs (a counter any
+attacker can reset) rather than by what its update does. (flowerbed's own
+clients send the counters back unchanged, so its runs never hit this.)
 """
 
 from __future__ import annotations
