@@ -239,8 +239,7 @@ def main() -> None:
         rule_text = "-" if rule is None else seconds(rule, 0)
         reference_text = ""
         if references:
-            reference = measure(name, False, setup, flower=True) if name in references else None
-            reference_text = f" {seconds(reference, 1)} |" if name in references else " - |"
+            reference_text = f" {seconds(measure(name, False, setup, flower=True), 1)} |" if name in references else " - |"
         flagged = "-" if end_to_end is None else str(end_to_end[1])
         print(
             f"| {name} | {seconds(end_to_end, 0)} | {seconds(end_to_end, 1)} | {seconds(end_to_end, 1, 1)} |"
