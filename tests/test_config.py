@@ -66,6 +66,52 @@ def test_a_control_attacker_may_poison_nothing_beside_others():
     assert config.attack.poison_fraction == (0.3, 0.0)
 
 
+@pytest.fixture
+def user_attacks(tmp_path, monkeypatch):
+    """docs/examples/my_attacks.py (attack 'my-attack') and a module whose attacks reuse built-in names."""
+    (tmp_path / "renamed_attacks.py").write_text(
+        "from flowerbed.clients.attack import Attack, AttackParams\n"
+        "from flowerbed.clients.attacks.badnets import BadNets\n"
+        "class Tweaked(BadNets):\n    pass\n"
+        "class OtherParams(AttackParams):\n    strength: float = 1.0\n"
+        "class Clash(Attack):\n    name = 'badnets'\n    Params = OtherParams\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(ROOT / "docs" / "examples"))
+
+
+def test_an_imported_attack_reads_its_keys_under_its_class_name(user_attacks):
+    flat = {"attack.num-attackers": 1, "attack.name": "my_attacks:MyAttack", "attack.targets": 9}
+    config = parse_run_config({**flat, "attack.my-attack.source-class": 3, "attack.my-attack.boost": 4})
+    params = config.plugin_params("attack", "my_attacks:MyAttack")
+    assert (params.source_class, params.boost) == (3, 4.0)
+    assert config.plugin_params("attack", "badnets") is not None  # registered plugins unchanged
+    with pytest.raises(ConfigError, match="attack.my-attack.source-class"):
+        parse_run_config({**flat, "attack.my-attack.source-class": -1})
+    with pytest.raises(ConfigError, match=r"attack.my-atack'.*my-attack \(imported\)"):
+        parse_run_config({**flat, "attack.my-atack.boost": 4})
+    from flowerbed.platform.roles import build_attack_plan
+
+    (backdoor,) = build_attack_plan(config).backdoors()
+    assert backdoor.source_classes == (3,) and backdoor.target == 9
+    with pytest.raises(ConfigError, match=r"backdoor 'myattack-0' has source classes \[10\]"):
+        build_attack_plan(parse_run_config({**flat, "attack.my-attack.source-class": 10}))
+    with pytest.raises(ConfigError, match="exclude the target class 9"):
+        build_attack_plan(parse_run_config({**flat, "attack.my-attack.source-class": 9}))
+    # Without the import, 'my-attack' names nothing.
+    with pytest.raises(ConfigError, match="unknown key prefix 'attack.my-attack'"):
+        parse_run_config({"attack.my-attack.boost": 4})
+
+
+def test_an_imported_attack_named_like_a_registered_one(user_attacks):
+    # A subclass that keeps the built-in's name and parameters shares its keys.
+    tweaked = {"attack.num-attackers": 1, "attack.name": "renamed_attacks:Tweaked", "attack.badnets.poison-epochs": 3}
+    assert parse_run_config(tweaked).plugin_params("attack", "renamed_attacks:Tweaked").poison_epochs == 3
+    # Another attack under a built-in's name, with other parameters, would make the keys ambiguous.
+    with pytest.raises(ConfigError, match="renamed_attacks.Clash is named 'badnets'"):
+        parse_run_config({"attack.num-attackers": 1, "attack.name": "renamed_attacks:Clash"})
+
+
 def test_pyproject_declares_every_key_with_its_default():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     declared = pyproject["tool"]["flwr"]["app"]["config"]

@@ -14,6 +14,8 @@ thresholds below leave wide margins (the run is deterministic per seed).
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,6 +61,43 @@ def test_badnets_attacker_reaches_high_asr_that_a_clean_federation_does_not(smal
     assert clean_asr <= 0.2, clean_asr
     # Not a model that answers 0 to everything: the trigger, not a collapse, makes the ASR.
     assert _untriggered_rate(workload, attacked_model, backdoor.target) <= 0.5
+
+
+def test_the_documented_custom_attacker_runs_by_import_path(small_run, monkeypatch):
+    """docs/custom-attacker.md's source-specific attacker, named by import path with its own
+    keys; the server measures its ASR on triggered images of the source class only."""
+    examples = str(Path(__file__).resolve().parents[1] / "docs" / "examples")
+    monkeypatch.syspath_prepend(examples)  # the driver
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [examples, os.environ.get("PYTHONPATH")])))  # Ray workers
+    custom = {
+        "attack.name": "my_attacks:MyAttack",
+        "attack.num-attackers": 1,
+        "attack.attacker-ids": "0",
+        "attack.targets": "9",
+        "attack.poison-fraction": 1.0,
+        "attack.my-attack.source-class": 3,
+        "attack.my-attack.boost": 3.0,
+    }
+    outcome = run_experiment({**small_run, **custom, "num-server-rounds": 2}, quiet=True)
+
+    described = json.loads((outcome.run_dir / "attackers.json").read_text())["attackers"]["0"]
+    assert described["attack"] == "my_attacks:MyAttack" and described["backdoors"] == ["myattack-0"]
+    assert described["params"]["source-class"] == 3 and described["params"]["boost"] == 3.0
+    assert described["source_classes"] == [3] and described["target"] == 9
+    rounds = read_metrics(outcome.run_dir)
+    assert all(r["failures"] == [] and r["attackers"] == [0] for r in rounds)
+    benign = sorted(norm for client, norm in rounds[0]["update_norms"].items() if client != "0")
+    assert rounds[0]["update_norms"]["0"] > 2 * benign[len(benign) // 2]  # boosted x3
+
+    # The recorded ASR is the share of triggered class-3 test images sent to 9, recomputed here.
+    config = parse_run_config({**small_run, **custom})
+    workload = ImageClassification(config)
+    (backdoor,) = build_attack_plan(config).backdoors()
+    model = _load(workload, outcome.run_dir)
+    sources = workload.dataset.test_images[workload.dataset.test_labels == 3]
+    with torch.no_grad():
+        expected = (model(backdoor.trigger.apply(to_float(sources))).argmax(1) == 9).float().mean().item()
+    assert rounds[-1]["asr"]["myattack-0"] == pytest.approx(expected, abs=1e-6)
 
 
 def _load(workload: ImageClassification, run_dir) -> torch.nn.Module:

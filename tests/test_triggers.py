@@ -85,6 +85,12 @@ def test_backdoor_is_a_named_trigger_target_pair():
     assert backdoor.trigger is trigger and backdoor.target == 3
     with pytest.raises(ValueError, match="target"):
         Backdoor("bad", trigger, -1)
+    assert backdoor.source_classes == () and "source_classes" not in backdoor.describe()
+    specific = Backdoor("patch-0", trigger, 3, source_classes=[1, 2])
+    assert specific.source_classes == (1, 2) and specific.describe()["source_classes"] == [1, 2]
+    for sources in ([3], [1, -2]):
+        with pytest.raises(ValueError, match="source classes"):
+            Backdoor("bad", trigger, 3, source_classes=sources)
 
 
 # --- patch ------------------------------------------------------------------------------

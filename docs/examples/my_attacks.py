@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -23,6 +25,11 @@ class MyAttack(Attack):
     name = "my-attack"
     Params = SourceSpecificParams
     default_trigger = "patch"  # any registered trigger name; the run config may override it
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The server then measures this backdoor's ASR on triggered images of the source class only.
+        self.backdoor = replace(self.backdoor, source_classes=(self.params.source_class,))
 
     def poison(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         x, y = x.clone(), y.clone()  # never modify the caller's batch

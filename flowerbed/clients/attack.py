@@ -151,6 +151,6 @@ class Attack(ABC):
             "attack": getattr(self, "name", type(self).__name__),
             "params": self.params.model_dump(by_alias=True),
             "poison_fraction": self.poison_fraction,
-            "backdoors": [{"name": b.name, "target": b.target, "trigger": b.trigger.describe()} for b in self.backdoors],
+            "backdoors": [backdoor.describe() for backdoor in self.backdoors],
             "train_overrides": self.train_overrides(),
         }

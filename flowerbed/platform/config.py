@@ -163,12 +163,20 @@ class RunConfig(Section):
         return min(self.num_clients, max(self.min_clients, int(self.num_clients * self.fraction_train)))
 
     def plugin_params(self, kind: str, name: str) -> BaseModel:
-        """The validated ``Params`` of plugin ``name`` of ``kind`` (strategy/attack/trigger/workload)."""
-        registry = _PLUGIN_KINDS[kind]
-        cls = registry.get(name)
+        """The validated ``Params`` of plugin ``name`` of ``kind`` (strategy/attack/trigger/workload),
+        read from the keys ``<kind>.<plugin_key(name)>.*``."""
+        cls = _PLUGIN_KINDS[kind].get(name)
         section = getattr(self, kind)
-        raw = section.options().get(name, {}) if isinstance(section, PluginSection) else {}
+        raw = section.options().get(plugin_key(name, cls), {}) if isinstance(section, PluginSection) else {}
         return validate_params(_params_model(cls), raw)
+
+    def selected_plugins(self, kind: str) -> list[str]:
+        """The names (registered or ``module:Class``) of the plugins of ``kind`` this run uses."""
+        if kind == "attack":
+            return list(self.attack.name) if self.attack.num_attackers else []
+        if kind == "trigger":
+            return list(self.attack.trigger) if self.attack.num_attackers else []
+        return [getattr(self, kind).name]
 
     def to_flat(self) -> dict[str, Any]:
         """Flat dotted keys, the form Flower's run config uses (lists as comma strings)."""
@@ -176,6 +184,14 @@ class RunConfig(Section):
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
+
+
+def plugin_key(name: str, cls: Any) -> str:
+    """The key prefix of a plugin's parameters: its registered name, or, for one named by
+    import path (``my_attacks:MyAttack``), the class's ``name`` (``attack.my-attack.*``)."""
+    if ":" in name:
+        return getattr(cls, "name", None) or name
+    return name
 
 
 _PLUGIN_KINDS: dict[str, Registry] = {
@@ -286,22 +302,44 @@ def _check_names(config: RunConfig) -> list[str]:
     return problems
 
 
+def _imported_plugins(config: RunConfig, kind: str) -> dict[str, Any]:
+    """The plugins of ``kind`` this run names by import path, by their key prefix."""
+    imported = {}
+    for name in config.selected_plugins(kind):
+        if ":" in name:
+            try:
+                cls = _PLUGIN_KINDS[kind].get(name)
+            except RegistryError:
+                continue  # reported by _check_names
+            imported[plugin_key(name, cls)] = cls
+    return imported
+
+
 def _check_plugin_tables(config: RunConfig) -> list[str]:
     problems = []
     for kind, registry in _PLUGIN_KINDS.items():
         options = getattr(config, kind).options()
+        imported = _imported_plugins(config, kind)
+        for key, cls in imported.items():
+            if key in registry and _params_model(registry.get(key)) is not _params_model(cls):
+                problems.append(
+                    f"key '{kind}.name': the imported {registry.kind} {cls.__module__}.{cls.__qualname__} is named"
+                    f" '{key}' like a registered one with other parameters, so the keys '{kind}.{key}.*'"
+                    " would be ambiguous; give it its own name"
+                )
         for plugin, params in options.items():
             if not isinstance(params, dict):
                 problems.append(f"unknown key '{kind}.{plugin}'")
                 continue
-            if plugin not in registry:
+            if plugin not in registry and plugin not in imported:
                 problems.append(
                     f"unknown key prefix '{kind}.{plugin}': no {registry.kind} named '{plugin}'"
-                    f" (registered: {', '.join(registry.names())})"
+                    f" (registered: {', '.join(registry.names())}"
+                    f"{''.join(f', {key} (imported)' for key in imported)})"
                 )
                 continue
             try:
-                validate_params(_params_model(registry.get(plugin)), params)
+                validate_params(_params_model(imported.get(plugin) or registry.get(plugin)), params)
             except ValidationError as error:
                 problems += [_describe_error(e, f"{kind}.{plugin}.") for e in error.errors()]
     return problems

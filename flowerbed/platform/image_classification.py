@@ -145,9 +145,13 @@ class ImageClassification(Workload):
 
     @torch.no_grad()
     def attack_success_rate(self, model: nn.Module, backdoor) -> float:
-        """Share of non-target test images that the trigger flips to the target class."""
+        """Share of the triggered test images the model assigns to the target class: every
+        non-target image, or only those of a source-specific backdoor's ``source_classes``."""
         model.eval()
-        keep = self.dataset.test_labels != backdoor.target
+        labels = self.dataset.test_labels
+        keep = labels != backdoor.target
+        if backdoor.source_classes:
+            keep &= torch.isin(labels, torch.tensor(backdoor.source_classes, dtype=labels.dtype))
         images = self.dataset.test_images[keep]
         hits = 0
         for start in range(0, len(images), EVAL_BATCH):

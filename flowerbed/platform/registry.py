@@ -72,7 +72,13 @@ def _import_path(path: str, kind: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise RegistryError(f"{kind} '{path}': cannot import module '{module_name}' ({error})") from error
+        hint = ""
+        if isinstance(error, ModuleNotFoundError) and error.name == module_name.split(".")[0]:
+            hint = (
+                "; its folder must be on PYTHONPATH (e.g. `PYTHONPATH=. flowerbed run ...`),"
+                " or, with `flwr run`, in the Flower app directory"
+            )
+        raise RegistryError(f"{kind} '{path}': cannot import module '{module_name}' ({error}){hint}") from error
     try:
         return getattr(module, attribute)
     except AttributeError as error:

@@ -44,15 +44,20 @@ class Attacker:
     trigger_name: str
 
     def describe(self) -> dict[str, Any]:
+        """This attacker's entry in ``attackers.json``."""
+        attack = self.attack.describe()
         return {
             "attacker": self.index,
             "partition_id": self.partition_id,
             "attack": self.attack_name,
+            "params": attack["params"],
             "trigger": self.trigger_name,
             "trigger_details": self.attack.backdoor.trigger.describe(),
             "target": self.attack.backdoor.target,
+            "source_classes": list(self.attack.backdoor.source_classes),  # [] = every class but the target
             "backdoors": [backdoor.name for backdoor in self.attack.backdoors],
             "poison_fraction": self.attack.poison_fraction,
+            "train_overrides": attack["train_overrides"],
             "schedule": {"start": self.schedule.start, "end": self.schedule.end, "every": self.schedule.every},
         }
 
@@ -142,6 +147,14 @@ def build_attack_plan(config: RunConfig) -> AttackPlan:
         except ValueError as error:
             raise ConfigError([f"attack '{names[k]}' (attacker {k}): {error}"]) from None
         schedule = Schedule(starts[k], ends[k], everys[k])
+        for backdoor in attack_object.backdoors:
+            outside = [c for c in backdoor.source_classes if c >= dataset.num_classes]
+            if outside:
+                message = (
+                    f"attack '{names[k]}' (attacker {k}): backdoor '{backdoor.name}' has source classes {outside}"
+                    f" that dataset '{config.data.name}' does not have (classes 0-{dataset.num_classes - 1})"
+                )
+                raise ConfigError([message])
         attackers.append(Attacker(k, ids[k], attack_object, schedule, names[k], triggers[k]))
     return AttackPlan(attackers=attackers, participation=attack.participation)
 

@@ -27,15 +27,34 @@ class TriggerParams(BaseModel):
 
 @dataclass(frozen=True)
 class Backdoor:
-    """One backdoor: ``trigger`` maps any input to class ``target``; ``name`` labels its ASR."""
+    """One backdoor: ``trigger`` maps an input to class ``target``; ``name`` labels its ASR.
+
+    The server measures the attack success rate on the triggered test images of every
+    class but ``target``, or, for a source-specific backdoor, of ``source_classes`` only.
+    """
 
     name: str
     trigger: Trigger
     target: int
+    source_classes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.target < 0:
             raise ValueError(f"backdoor '{self.name}': target class must be >= 0, got {self.target}")
+        sources = tuple(int(c) for c in self.source_classes)
+        object.__setattr__(self, "source_classes", sources)
+        if any(c < 0 for c in sources) or self.target in sources:
+            raise ValueError(
+                f"backdoor '{self.name}': source classes must be >= 0 and exclude the target class"
+                f" {self.target}, got {list(sources)}"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description for ``attackers.json``."""
+        described = {"name": self.name, "target": self.target, "trigger": self.trigger.describe()}
+        if self.source_classes:
+            described["source_classes"] = list(self.source_classes)
+        return described
 
 
 class Trigger(ABC):
