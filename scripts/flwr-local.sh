@@ -5,6 +5,9 @@
 #   scripts/flwr-local.sh --run-config experiments/tiny.toml
 #   scripts/flwr-local.sh --run-config "num-server-rounds=5 partition.alpha=0.1"
 #
+# A run-config file path is read relative to the app directory (this script's parent), as
+# `flwr run .` reads it there; absolute paths work from anywhere.
+#
 # Why not plain `flwr run .`: its auto-started SuperLink syncs the app's dependencies
 # with uv into a fresh environment (several GB: a CUDA torch) and stays running after
 # the run. This script starts the SuperLink with runtime dependency installation
@@ -26,6 +29,9 @@ case " $* " in
   *) set -- "$@" --run-config "$ROOT/experiments/dmba.toml" ;;
 esac
 
+# The app's directory: `flwr run .` reads run-config files relative to it and the app's
+# pyproject.toml defaults (e.g. `plugins`); the ServerApp and ClientApps inherit it.
+cd "$ROOT"
 # Validate the run config first (bad input fails here, naming the key); the federation
 # needs as many simulated nodes as the run config has clients.
 NUM_CLIENTS="$("$PYTHON" -m flowerbed.platform.cli check-flwr-args -- "$@")"
@@ -38,7 +44,6 @@ if healthy; then
   echo "A SuperLink already listens on :$PORT (it may install dependencies with uv); stop it or set FLWR_LOCAL_SUPERLINK_HTTP_API_PORT" >&2
   exit 2
 fi
-cd "$ROOT"  # the ServerApp and ClientApps inherit the SuperLink's working directory
 setsid flower-superlink --insecure --simulation --isolation subprocess \
   --disable-runtime-dependency-installation --host 127.0.0.1 --port "$PORT" \
   --log-file "$FLWR_HOME/local-superlink/superlink.log" >/dev/null 2>&1 &

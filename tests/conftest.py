@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,25 @@ def small_run(cache_dir, tmp_path) -> dict:
         "output-dir": str(tmp_path / "runs"),
         "experiment": "test",
     }
+
+
+@pytest.fixture
+def isolated_plugins():
+    """Undo what a test's user modules register or import (the docs example registers
+    'my-attack'), so later tests see only the built-in plugins."""
+    import sys
+
+    from flowerbed.platform import registry
+
+    registry.load_plugins()
+    registries = [value for value in vars(registry).values() if isinstance(value, registry.Registry)]
+    entries = {id(r): dict(r._entries) for r in registries}
+    modules = set(sys.modules)
+    yield
+    for r in registries:
+        r._entries = entries[id(r)]
+    installed = (sys.prefix, sys.base_prefix, str(Path(registry.__file__).parents[1]))
+    for name in set(sys.modules) - modules:
+        source = getattr(sys.modules[name], "__file__", None) or ""
+        if source and not source.startswith(installed):  # the test's own modules, not libraries
+            del sys.modules[name]

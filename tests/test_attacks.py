@@ -233,7 +233,7 @@ def test_neurotoxin_masks_top_k_coordinates_of_the_last_global_update():
 # --- the tutorial's user-written attack ------------------------------------------------------
 
 
-def test_custom_attacker_tutorial_example_is_verbatim_and_works():
+def test_custom_attacker_tutorial_example_is_verbatim_and_works(isolated_plugins):
     source = (REPO / "docs" / "examples" / "my_attacks.py").read_text()
     assert source.strip() in (REPO / "docs" / "custom-attacker.md").read_text()
     spec = importlib.util.spec_from_file_location("my_attacks", REPO / "docs" / "examples" / "my_attacks.py")

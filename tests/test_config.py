@@ -67,7 +67,7 @@ def test_a_control_attacker_may_poison_nothing_beside_others():
 
 
 @pytest.fixture
-def user_attacks(tmp_path, monkeypatch):
+def user_attacks(tmp_path, monkeypatch, isolated_plugins):
     """docs/examples/my_attacks.py (attack 'my-attack') and a module whose attacks reuse built-in names."""
     (tmp_path / "renamed_attacks.py").write_text(
         "from flowerbed.clients.attack import Attack, AttackParams\n"
@@ -81,6 +81,9 @@ def user_attacks(tmp_path, monkeypatch):
 
 
 def test_an_imported_attack_reads_its_keys_under_its_class_name(user_attacks):
+    # Before its module is imported, 'my-attack' names nothing.
+    with pytest.raises(ConfigError, match="unknown key prefix 'attack.my-attack'"):
+        parse_run_config({"attack.my-attack.boost": 4})
     flat = {"attack.num-attackers": 1, "attack.name": "my_attacks:MyAttack", "attack.targets": 9}
     config = parse_run_config({**flat, "attack.my-attack.source-class": 3, "attack.my-attack.boost": 4})
     params = config.plugin_params("attack", "my_attacks:MyAttack")
@@ -88,7 +91,7 @@ def test_an_imported_attack_reads_its_keys_under_its_class_name(user_attacks):
     assert config.plugin_params("attack", "badnets") is not None  # registered plugins unchanged
     with pytest.raises(ConfigError, match="attack.my-attack.source-class"):
         parse_run_config({**flat, "attack.my-attack.source-class": -1})
-    with pytest.raises(ConfigError, match=r"attack.my-atack'.*my-attack \(imported\)"):
+    with pytest.raises(ConfigError, match=r"attack.my-atack'.*my-attack"):
         parse_run_config({**flat, "attack.my-atack.boost": 4})
     from flowerbed.platform.roles import build_attack_plan
 
@@ -98,9 +101,21 @@ def test_an_imported_attack_reads_its_keys_under_its_class_name(user_attacks):
         build_attack_plan(parse_run_config({**flat, "attack.my-attack.source-class": 10}))
     with pytest.raises(ConfigError, match="exclude the target class 9"):
         build_attack_plan(parse_run_config({**flat, "attack.my-attack.source-class": 9}))
-    # Without the import, 'my-attack' names nothing.
-    with pytest.raises(ConfigError, match="unknown key prefix 'attack.my-attack'"):
-        parse_run_config({"attack.my-attack.boost": 4})
+
+
+def test_plugins_register_attacks_by_name_for_every_run(user_attacks, tmp_path):
+    flat = {"plugins": "my_attacks", "attack.num-attackers": 1, "attack.name": "my-attack", "attack.targets": 9}
+    config = parse_run_config({**flat, "attack.my-attack.boost": 4})
+    assert config.plugins == ("my_attacks",) and config.plugin_params("attack", "my-attack").boost == 4.0
+    # Its keys are valid in runs that do not use it (they stand in pyproject.toml's defaults).
+    assert parse_run_config({"plugins": "my_attacks", "attack.my-attack.boost": 4}).attack.num_attackers == 0
+    block = pyproject_config_block(("my_attacks",))
+    assert '"plugins" = "my_attacks"' in block and '"attack.my-attack.source-class" = 0' in block
+    with pytest.raises(ConfigError, match=r"key 'plugins'.*'no_such_module'.*PYTHONPATH"):
+        parse_run_config({"plugins": "my_attacks,no_such_module"})
+    (tmp_path / "broken_attacks.py").write_text("raise RuntimeError('half-written')\n")
+    with pytest.raises(ConfigError, match="key 'plugins'.*broken_attacks.*RuntimeError: half-written"):
+        parse_run_config({"plugins": "broken_attacks"})
 
 
 def test_an_imported_attack_named_like_a_registered_one(user_attacks):

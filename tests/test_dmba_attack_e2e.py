@@ -63,7 +63,7 @@ def test_badnets_attacker_reaches_high_asr_that_a_clean_federation_does_not(smal
     assert _untriggered_rate(workload, attacked_model, backdoor.target) <= 0.5
 
 
-def test_the_documented_custom_attacker_runs_by_import_path(small_run, monkeypatch):
+def test_the_documented_custom_attacker_runs_by_import_path(small_run, monkeypatch, isolated_plugins):
     """docs/custom-attacker.md's source-specific attacker, named by import path with its own
     keys; the server measures its ASR on triggered images of the source class only."""
     examples = str(Path(__file__).resolve().parents[1] / "docs" / "examples")

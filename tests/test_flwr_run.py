@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,47 @@ def test_flwr_run_tiny_experiment(tmp_path, cache_dir):
     assert config["num-clients"] == 4
     leftover = subprocess.run(["pgrep", "-f", "flower-superlink.*39191"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "the SuperLink was left running"
+
+
+@pytest.mark.skipif(shutil.which("flwr") is None, reason="the flwr command is not installed")
+def test_flwr_run_a_user_attack_from_the_app_directory(tmp_path, cache_dir):
+    """docs/custom-attacker.md's `flwr run` recipe: the module beside pyproject.toml, listed
+    in `plugins`, its keys declared by `flowerbed config --pyproject --set plugins=...`."""
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copytree(ROOT / "scripts", app / "scripts")
+    shutil.copy(ROOT / "docs" / "examples" / "my_attacks.py", app)
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": "39193",
+        "FLOWERBED_CACHE": cache_dir,
+        "PYTHONPATH": str(app),
+    }
+    block = subprocess.run(
+        [sys.executable, "-m", "flowerbed.platform.cli", "config", "--pyproject", "--set", "plugins=my_attacks"],
+        cwd=app, env=env, capture_output=True, text=True, check=True,
+    ).stdout
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    start = pyproject.index("[tool.flwr.app.config]")
+    assert pyproject.find("\n[", start) == -1, "the config table is no longer pyproject.toml's last"
+    (app / "pyproject.toml").write_text(pyproject[:start] + block)
+
+    overrides = (
+        "num-server-rounds=2 num-clients=3 fraction-train=1.0 data.train-size=600 data.test-size=200 partition.name='iid'"
+        f" output-dir='{tmp_path / 'runs'}' attack.name='my-attack' attack.num-attackers=1 attack.targets=9"
+        " attack.my-attack.source-class=3 attack.my-attack.boost=3.0"
+    )
+    result = subprocess.run(
+        [str(app / "scripts" / "flwr-local.sh"), "--run-config", overrides],
+        cwd=tmp_path, env={**env, "PYTHONPATH": ""}, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").glob("default-*")
+    attacker = next(iter(json.loads((run_dir / "attackers.json").read_text())["attackers"].values()))
+    assert attacker["attack"] == "my-attack" and attacker["source_classes"] == [3]
+    assert attacker["params"]["boost"] == 3.0
+    assert "my-attack-0" in json.loads((run_dir / "summary.json").read_text())["backdoors"]
 
 
 def test_flwr_run_bad_config_fails_with_the_key(tmp_path):

@@ -9,6 +9,7 @@ from pydantic import Field
 from torch import Tensor
 
 from flowerbed.clients.attack import Attack, PoisonTrainingParams
+from flowerbed.platform.registry import ATTACKS
 
 
 class SourceSpecificParams(PoisonTrainingParams):
@@ -18,6 +19,7 @@ class SourceSpecificParams(PoisonTrainingParams):
     boost: float = Field(2.0, gt=0, description="Scale factor of the update sent to the server.")
 
 
+@ATTACKS.register("my-attack")  # optional: lets `plugins = "my_attacks"` make it known by name
 class MyAttack(Attack):
     """Source-specific backdoor: only images of ``source-class`` are triggered and
     relabelled, so the trigger does not fire on other classes; the update is boosted."""

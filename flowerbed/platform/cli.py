@@ -106,10 +106,14 @@ def _command_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def pyproject_config_block() -> str:
-    """The ``[tool.flwr.app.config]`` table: every key with its default."""
+def pyproject_config_block(plugins: tuple[str, ...] = ()) -> str:
+    """The ``[tool.flwr.app.config]`` table: every key with its default, with ``plugins``
+    (already imported) as the default of the ``plugins`` key."""
     lines = ["[tool.flwr.app.config]"]
-    for key, value in sorted(default_flat_config().items()):
+    flat = default_flat_config()
+    if plugins:
+        flat["plugins"] = ",".join(plugins)
+    for key, value in sorted(flat.items()):
         lines.append(f'"{key}" = {_toml_value(value)}')
     return "\n".join(lines) + "\n"
 
@@ -125,10 +129,10 @@ def _toml_value(value: Any) -> str:
 
 
 def _command_config(args: argparse.Namespace) -> int:
+    config = resolve_config(args.experiment, args.set)  # imports the `plugins` modules
     if args.pyproject:
-        print(pyproject_config_block(), end="")
+        print(pyproject_config_block(config.plugins), end="")
         return 0
-    config = resolve_config(args.experiment, args.set)
     for key, value in sorted(config.to_flat().items()):
         print(f'"{key}" = {_toml_value(value)}')
     return 0
@@ -149,6 +153,16 @@ def flwr_run_overrides(arguments: list[str]) -> dict[str, Any]:
     return flat
 
 
+def app_config_defaults(app_dir: Path) -> dict[str, Any]:
+    """The run config a Flower app declares (``[tool.flwr.app.config]`` of its pyproject.toml),
+    which ``flwr run`` passes under the overrides; {} where there is none."""
+    path = app_dir / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    declared = tomllib.loads(path.read_text()).get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
+    return flatten(declared)
+
+
 def _command_check_flwr_args(args: argparse.Namespace) -> int:
     """Validate a ``flwr run`` argument list's run config and print its ``num-clients``.
 
@@ -157,7 +171,7 @@ def _command_check_flwr_args(args: argparse.Namespace) -> int:
     """
     from flowerbed.platform.initial_model import initial_weights_path
 
-    config = parse_run_config(flwr_run_overrides(args.flwr_args))
+    config = parse_run_config({**app_config_defaults(Path.cwd()), **flwr_run_overrides(args.flwr_args)})
     initial_weights_path(config)
     print(config.num_clients)
     return 0
@@ -184,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="print the resolved config (or the pyproject block)")
     config.add_argument("experiment", nargs="?")
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    config.add_argument("--pyproject", action="store_true", help="print [tool.flwr.app.config] with every default")
+    config.add_argument(
+        "--pyproject",
+        action="store_true",
+        help="print [tool.flwr.app.config] with every default (with --set plugins=...: and your plugins' keys)",
+    )
     config.set_defaults(handler=_command_config)
 
     check = commands.add_parser("check-flwr-args", help=argparse.SUPPRESS)

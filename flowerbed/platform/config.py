@@ -28,6 +28,7 @@ from flowerbed.platform.registry import (
     WORKLOADS,
     Registry,
     RegistryError,
+    import_user_module,
 )
 
 
@@ -149,6 +150,10 @@ class RunConfig(Section):
     weight_decay: float = Field(0.0, alias="weight-decay", ge=0)
     batch_size: int = Field(32, alias="batch-size", ge=1)
     checkpoint_every: int = Field(1, alias="checkpoint-every", ge=1)
+    plugins: CommaList = Field(
+        (),
+        description="your modules to import first: they register attacks, triggers, strategies or workloads by name",
+    )
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
     model: ModelConfig = ModelConfig()
@@ -261,7 +266,16 @@ def _describe_error(error: dict[str, Any], prefix: str = "") -> str:
 
 
 def parse_run_config(flat: dict[str, Any]) -> RunConfig:
-    """Validate Flower's flat run config (missing keys take their defaults)."""
+    """Validate Flower's flat run config (missing keys take their defaults).
+
+    The modules listed in ``plugins`` are imported first, so that the attacks, triggers,
+    strategies and workloads they register are known to every check.
+    """
+    for module in _split_list(flat.get("plugins", ())):
+        try:
+            import_user_module(str(module), f"key 'plugins': plugin module '{module}'")
+        except RegistryError as error:
+            raise ConfigError([str(error)]) from None
     nested = unflatten(dict(flat))
     try:
         config = RunConfig.model_validate(nested)
@@ -335,7 +349,7 @@ def _check_plugin_tables(config: RunConfig) -> list[str]:
                 problems.append(
                     f"unknown key prefix '{kind}.{plugin}': no {registry.kind} named '{plugin}'"
                     f" (registered: {', '.join(registry.names())}"
-                    f"{''.join(f', {key} (imported)' for key in imported)})"
+                    f"{''.join(f', {key} (imported)' for key in imported if key not in registry)})"
                 )
                 continue
             try:

@@ -67,10 +67,11 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
 
-def _import_path(path: str, kind: str):
-    module_name, _, attribute = path.partition(":")
+def import_user_module(module_name: str, what: str):
+    """Import a user's module (an import-path plugin, or one listed in ``plugins``)."""
+    load_plugins()  # built-ins first, so a user module that reuses their names is the one that fails
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ImportError as error:
         hint = ""
         if isinstance(error, ModuleNotFoundError) and error.name == module_name.split(".")[0]:
@@ -78,7 +79,14 @@ def _import_path(path: str, kind: str):
                 "; its folder must be on PYTHONPATH (e.g. `PYTHONPATH=. flowerbed run ...`),"
                 " or, with `flwr run`, in the Flower app directory"
             )
-        raise RegistryError(f"{kind} '{path}': cannot import module '{module_name}' ({error}){hint}") from error
+        raise RegistryError(f"{what}: cannot import module '{module_name}' ({error}){hint}") from error
+    except Exception as error:  # the module itself failed (e.g. registered a name twice)
+        raise RegistryError(f"{what}: importing module '{module_name}' failed: {type(error).__name__}: {error}") from error
+
+
+def _import_path(path: str, kind: str):
+    module_name, _, attribute = path.partition(":")
+    module = import_user_module(module_name, f"{kind} '{path}'")
     try:
         return getattr(module, attribute)
     except AttributeError as error:
