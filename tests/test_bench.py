@@ -16,7 +16,7 @@ import pytest
 
 from flowerbed.platform.bench import run_grid, simulate
 from flowerbed.platform.bench_grid import parse_grid, read_grid, select_cells
-from flowerbed.platform.bench_report import BACKDOOR_FIELDS, BASE_COLUMNS, format_stat
+from flowerbed.platform.bench_report import BACKDOOR_FIELDS, BASE_COLUMNS, collapsed_cells, format_stat
 from flowerbed.platform.cli import main
 from flowerbed.platform.config import ConfigError
 
@@ -325,3 +325,11 @@ def test_a_failed_pretraining_is_recorded_and_its_cells_do_not_run(tmp_path, cac
     assert counts == {"skipped": 0, "done": 0, "failed": 4}
     assert "the simulation engine did not start" in (out / "pretraining" / "seed0-error.txt").read_text()
     assert not (out / "pretraining" / "seed0.pt").exists()
+
+
+def test_asr_heatmap_marks_cells_whose_model_collapsed():
+    # dp-fixed-clipping's strong noise leaves a one-class model (clean 0.10): its ASR of 1.0
+    # for a backdoor aimed at that class is the collapse, not the attack.
+    clean = [[0.97, 0.96, None], [0.10, 0.48, 0.49]]
+    assert collapsed_cells(clean) == [[False, False, False], [True, True, False]]
+    assert collapsed_cells([[None]]) == [[False]]

@@ -301,7 +301,29 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
 
 
 # ----------------------------------------------------------------------------- figures
-def _heatmap(matrix: list[list[float | None]], rows: list[str], columns: list[str], title: str, path: Path) -> Path:
+# A cell whose clean accuracy is below this share of the grid's best is marked on the ASR
+# heatmap: a model that answers one class for everything has ASR 1 for a backdoor aimed at
+# that class and 0 for the others, whatever the attack did.
+COLLAPSED_SHARE = 0.5
+
+
+def collapsed_cells(clean: list[list[float | None]]) -> list[list[bool]]:
+    """Which cells of a clean-accuracy matrix are below ``COLLAPSED_SHARE`` of its best."""
+    best = max((value for row in clean for value in row if value is not None), default=None)
+    if best is None:
+        return [[False for _ in row] for row in clean]
+    return [[value is not None and value < COLLAPSED_SHARE * best for value in row] for row in clean]
+
+
+def _heatmap(
+    matrix: list[list[float | None]],
+    rows: list[str],
+    columns: list[str],
+    title: str,
+    path: Path,
+    marked: list[list[bool]] | None = None,
+    mark_note: str = "",
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,10 +339,13 @@ def _heatmap(matrix: list[list[float | None]], rows: list[str], columns: list[st
     for i in range(len(rows)):
         for j in range(len(columns)):
             if not np.isnan(values[i, j]):
-                axis.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
+                mark = "†" if marked and marked[i][j] else ""
+                axis.text(j, i, f"{values[i, j]:.2f}{mark}", ha="center", va="center",
                           color="white" if values[i, j] < 0.6 else "black", fontsize="small")
     axis.set_title(textwrap.fill(title, width=max(28, int(10 * figure.get_figwidth()))), fontsize="medium")
     figure.colorbar(image, ax=axis, fraction=0.04)
+    if marked and any(any(row) for row in marked):
+        axis.set_xlabel(textwrap.fill("† " + mark_note, width=max(28, int(9 * figure.get_figwidth()))), fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -340,9 +365,14 @@ def make_figures(out: Path, rows: list[dict[str, Any]], manifest: dict[str, Any]
     attacked = [a for a in manifest["attacks"] if any(r["backdoors"] for r in rows if r["attack"] == a)]
     if attacked and any(r["status"] == "done" for r in rows):
         matrix = [[_cell_mean(rows, a, d, "asr_final_mean") for a in attacked] for d in defences]
+        clean = [[_cell_mean(rows, a, d, "clean_acc") for a in attacked] for d in defences]
+        note = (
+            f"clean accuracy below {COLLAPSED_SHARE:.0%} of the grid's best: the model has collapsed,"
+            " so the ASR says little about the backdoor"
+        )
         written.append(
             _heatmap(matrix, defences, attacked, f"{manifest['name']}: final ASR (mean over backdoors and seeds)",
-                     out / "heatmap_asr.png")
+                     out / "heatmap_asr.png", marked=collapsed_cells(clean), mark_note=note)
         )
     if any(r["status"] == "done" for r in rows):
         attacks = manifest["attacks"]
