@@ -166,3 +166,25 @@ def test_every_experiment_file_resolves(path):
 
     config = resolve_config(str(path), [])
     assert config.experiment  # named after the file unless it sets one
+
+
+def test_a_key_added_later_counts_as_its_default_in_a_saved_config(tmp_path):
+    """Runs and bench cells saved before a key existed stay resumable after an upgrade."""
+    import json
+
+    from flowerbed.platform.config import config_differences
+    from flowerbed.platform.server_app import check_resume
+
+    current = parse_run_config({"lr": 0.05, "strategy.name": "krum", "strategy.krum.num-malicious": 2})
+    older = current.to_json_dict()
+    del older["plugins"]  # as written before the key existed
+    assert config_differences(older, current.to_json_dict()) == []
+    assert config_differences(older, parse_run_config({"plugins": "json"}).to_json_dict())[:2] == ["lr", "plugins"]
+    # A plugin key one side lacks is compared with nothing (not a default), so a dropped
+    # defence parameter is still a difference.
+    assert config_differences(older, {**older, "strategy": {"name": "krum"}}) == ["strategy.krum.num-malicious"]
+
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    assert check_resume(parse_run_config({**current.to_flat(), "resume": str(tmp_path)})) == tmp_path.resolve()
+    with pytest.raises(ConfigError, match="differs from the saved run in lr"):
+        check_resume(parse_run_config({**current.to_flat(), "lr": 0.1, "resume": str(tmp_path)}))

@@ -68,9 +68,9 @@ from flowerbed.platform.bench_cells import (
     MANIFEST,
     CellState,
     cell_dir_of,
-    config_differences,
     inspect_cell,
     read_cell_record,
+    stale_keys,
 )
 from flowerbed.platform.bench_grid import NO_ATTACK, Cell, Grid, read_grid, select_cells
 from flowerbed.platform.bench_pretraining import (
@@ -135,7 +135,7 @@ def plan_grid(grid: Grid, out: Path, only: str | None = None) -> tuple[list[Plan
             # With pre-training, model.init is this out folder's own pre-trained weights (checked
             # against the base config by check_existing); its absolute path changes if the folder moves.
             bench_controlled = ("model.init",) if grid.pretrain_rounds else ()
-            changed = config_differences(saved, config.to_json_dict(), ignore=bench_controlled)
+            changed = stale_keys(saved, config.to_json_dict(), ignore=bench_controlled)
             if changed:
                 problem = (
                     f"cell {cell.name}: the existing run {existing} was made with a different config "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowerbed.platform.config import flatten
+from flowerbed.platform.config import config_differences
 from flowerbed.platform.recorder import CHECKPOINT, CONFIG, SUMMARY
 
 # Keys of a saved config.json that may differ from the cell's config without making the run stale.
@@ -78,9 +78,6 @@ def read_cell_record(cell_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
-    """The dotted run keys whose values differ between two config.json contents."""
-    saved, current = flatten(saved), flatten(current)
-    skipped = IGNORED_WHEN_COMPARING + ignore
-    keys = set(saved) | set(current)
-    return sorted(k for k in keys if k not in skipped and saved.get(k) != current.get(k))
+def stale_keys(saved: dict[str, Any], current: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The run keys in which a saved run's config differs from the cell's (see :func:`config_differences`)."""
+    return config_differences(saved, current, ignore=IGNORED_WHEN_COMPARING + ignore)

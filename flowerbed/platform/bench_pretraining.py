@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flowerbed.platform.bench_cells import config_differences, inspect_cell
+from flowerbed.platform.bench_cells import inspect_cell, stale_keys
 from flowerbed.platform.config import ConfigError, RunConfig, parse_run_config
 from flowerbed.platform.recorder import CONFIG, MODEL, atomic_write_bytes
 
@@ -61,7 +61,7 @@ def check_existing(config: RunConfig, seed: int, out: Path) -> None:
     existing = state.done or state.partial
     if existing is None:
         return
-    changed = config_differences(json.loads((existing / CONFIG).read_text()), config.to_json_dict())
+    changed = stale_keys(json.loads((existing / CONFIG).read_text()), config.to_json_dict())
     if changed:
         raise ConfigError(
             [

@@ -14,6 +14,7 @@ hyper-parameters as a pydantic ``Params`` model; their keys are
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
@@ -237,6 +238,25 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """The dotted keys whose values differ between two ``config.json`` contents.
+
+    A key that one side lacks counts as its default there: a config saved before a key
+    existed ran as that key's default does, since keys are only ever added with a default
+    that keeps the old behaviour. So upgrading flowerbed does not strand finished bench
+    cells or runs to resume.
+    """
+    saved, current = flatten(saved), flatten(current)
+    defaults = flatten(RunConfig().to_json_dict())
+    skipped = set(ignore)
+    missing = object()
+
+    def value(config: dict[str, Any], key: str) -> Any:
+        return config[key] if key in config else defaults.get(key, missing)
+
+    return sorted(k for k in set(saved) | set(current) if k not in skipped and value(saved, k) != value(current, k))
 
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from flowerbed.platform.allocator import keep_freed_memory
-from flowerbed.platform.config import ConfigError, RunConfig, parse_run_config
+from flowerbed.platform.config import ConfigError, RunConfig, config_differences, parse_run_config
 from flowerbed.platform.federation import run_rounds
 from flowerbed.platform.progress import Progress
 from flowerbed.platform.provenance import environment
@@ -72,9 +72,7 @@ def check_resume(config: RunConfig) -> Path:
     if not saved_path.exists():
         raise ConfigError([f"key 'resume': {run_dir} is not a run folder (no {CONFIG})"])
     saved = json.loads(saved_path.read_text())
-    current = config.to_json_dict()
-    ignored = {"resume", "output-dir", "num-server-rounds"}
-    changed = sorted(k for k in set(saved) | set(current) if k not in ignored and saved.get(k) != current.get(k))
+    changed = config_differences(saved, config.to_json_dict(), ignore=("resume", "output-dir", "num-server-rounds"))
     if changed:
         raise ConfigError([f"key 'resume': the config differs from the saved run in {', '.join(changed)}"])
     return run_dir
