@@ -45,19 +45,18 @@ class Attacker:
 
     def describe(self) -> dict[str, Any]:
         """This attacker's entry in ``attackers.json``."""
-        attack = self.attack.describe()
         return {
             "attacker": self.index,
             "partition_id": self.partition_id,
             "attack": self.attack_name,
-            "params": attack["params"],
+            "params": self.attack.params.model_dump(by_alias=True),
             "trigger": self.trigger_name,
             "trigger_details": self.attack.backdoor.trigger.describe(),
             "target": self.attack.backdoor.target,
             "source_classes": list(self.attack.backdoor.source_classes),  # [] = every class but the target
             "backdoors": [backdoor.name for backdoor in self.attack.backdoors],
             "poison_fraction": self.attack.poison_fraction,
-            "train_overrides": attack["train_overrides"],
+            "train_overrides": self.attack.train_overrides(),
             "schedule": {"start": self.schedule.start, "end": self.schedule.end, "every": self.schedule.every},
         }
 
