@@ -126,6 +126,7 @@ def test_results_csv_has_one_row_per_cell_with_values_from_the_run_folders(finis
         for key in ("precision", "recall", "fpr"):
             expected = summary.get("detection", {}).get(key)
             assert (row[f"detection_{key}"] == "") if expected is None else (float(row[f"detection_{key}"]) == expected)
+        assert row["attacker_relative_weight"] == ""  # FedAvg and the median weight nobody
         assert float(row["update_norm_benign"]) == summary["update_norms"]["benign_median"]
         attacker_norm = summary["update_norms"].get("attacker_median")
         assert (row["update_norm_attacker"] == "") if attacker_norm is None else float(row["update_norm_attacker"]) == attacker_norm

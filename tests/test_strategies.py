@@ -183,6 +183,33 @@ def test_every_strategy_runs_a_round_and_reports(name):
     assert set(strategy.last_flagged) <= set(range(PID_OFFSET, PID_OFFSET + NUM_CLIENTS))
 
 
+
+LEAVE_CLIENTS_OUT = {"krum", "multi-krum", "bulyan", "flame", "foolsgold", "fltrust", "deepsight", "freqfed"}
+WEIGHT_CLIENTS = {"foolsgold", "fltrust", "rfa", "centered-clipping", "norm-clipping"}
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_only_rules_that_can_leave_a_client_out_are_scored_on_flags(name):
+    """A rule that never excludes a client (RLR, RFA, clipping, ...) gets no precision/recall of 0; weighting rules report weights."""
+    base = global_model()
+    updates = scenario_updates("aligned")
+    params = {"num-malicious": 3} if name in {"krum", "multi-krum"} else {"num-malicious": 1} if name == "bulyan" else None
+    if name in {"norm-clipping", "centered-clipping"}:  # bounds that clip the three long attacker updates
+        params = {"norm-bound" if name == "norm-clipping" else "tau": float(np.linalg.norm(updates[0]))}
+    strategy = build(name, params, root_data=hooks(base, updates[0]))
+    run_round(strategy, base, client_models(updates, base))
+    assert strategy.flags_clients == (name in LEAVE_CLIENTS_OUT)
+    if not strategy.flags_clients:
+        assert strategy.last_flagged == []
+    if name in WEIGHT_CLIENTS:
+        assert sorted(strategy.last_weights) == list(range(PID_OFFSET, PID_OFFSET + NUM_CLIENTS))
+        honest = np.mean([strategy.last_weights[pid] for pid in range(PID_OFFSET, PID_OFFSET + NUM_HONEST)])
+        attackers = np.mean([strategy.last_weights[pid] for pid in attacker_ids()])
+        if name != "foolsgold":  # FoolsGold down-weights sybils (the "diverse" scenario), not long updates
+            assert attackers < honest
+    else:
+        assert strategy.last_weights == {}
+
 UPDATE_DEFENCES = [name for name in ALL_NAMES if issubclass(STRATEGIES.get(name), UpdateDefence)]
 
 

@@ -33,6 +33,7 @@ from flowerbed.platform.recorder import (
     read_metrics,
 )
 from flowerbed.platform.report import attack_windows
+from flowerbed.platform.summary import attacker_relative_weight
 
 # results.csv columns before the per-backdoor ones.
 BASE_COLUMNS = (
@@ -52,6 +53,7 @@ BASE_COLUMNS = (
     "detection_precision",
     "detection_recall",
     "detection_fpr",
+    "attacker_relative_weight",
     "update_norm_benign",
     "update_norm_attacker",
     "seconds",
@@ -91,6 +93,9 @@ def cell_row(entry: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
     detection = summary.get("detection", {})
     for key in ("precision", "recall", "fpr"):
         row[f"detection_{key}"] = detection.get(key, "")
+    # From metrics.jsonl, so cells finished before summaries carried it have it too.
+    relative_weight = attacker_relative_weight(read_metrics(run_dir))
+    row["attacker_relative_weight"] = "" if relative_weight is None else relative_weight
     norms = summary.get("update_norms", {})  # medians over the run (absent in runs made before they were recorded)
     row["update_norm_benign"] = norms.get("benign_median", "")
     row["update_norm_attacker"] = norms.get("attacker_median", "")
@@ -199,7 +204,9 @@ EXPLANATION = (
     "backdoor that worked during the attack and faded later has a high max ASR); *ASR +10*/*+30* is the ASR 10/30 rounds after a "
     "backdoor's last attack round (— when the run ends sooner). Detection scores are pooled over all "
     "rounds of a run; precision is — when the defence flagged nobody, and all three are — for a "
-    "strategy that does not report whom it flagged."
+    "rule that cannot leave a client out. *Attacker weight* is, for rules that weight clients, the "
+    "mean weight of an attacker's update relative to the round's average client (1 = treated like "
+    "the others, 0 = excluded)."
 )
 
 
@@ -233,8 +240,8 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
         "",
         "## Overview",
         "",
-        "| attack | defence | seeds done | clean acc | max ASR | final ASR | ASR +10 | ASR +30 | det. precision | det. recall | det. FPR |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| attack | defence | seeds done | clean acc | max ASR | final ASR | ASR +10 | ASR +30 | det. precision | det. recall | det. FPR | attacker weight |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for attack, defence, members in _groups(rows, manifest):
         done = [r for r in members if r["status"] == "done"]
@@ -252,6 +259,7 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
             format_stat([r["detection_precision"] for r in done], n),
             format_stat([r["detection_recall"] for r in done], n),
             format_stat([r["detection_fpr"] for r in done], n),
+            format_stat([r["attacker_relative_weight"] for r in done], n),
         ]
         lines.append("| " + " | ".join(cells) + " |")
 

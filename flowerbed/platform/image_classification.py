@@ -8,6 +8,7 @@ is not the backdoor's target that the trigger flips to the target.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,20 @@ class ImageClassification(Workload):
                 steps += 1
         return {"train_loss": total_loss / max(steps, 1), "num-examples": len(dataset)}
 
+    def root_epochs(self) -> int:
+        """Epochs over the root data that take as many SGD steps as a client of average size takes in a round.
+
+        FLTrust's server computes its update with the clients' own local training (Cao et al.,
+        NDSS 2021, Algorithm 1: ``ModelUpdate(w, D0, b, beta, R)``, the same batch size, learning
+        rate and R local iterations). With local epochs over 100 root images the server would take
+        a few steps where clients take dozens, and since FLTrust rescales every client update to
+        the server's norm, every global step would shrink with it.
+        """
+        batch_size = self.config.batch_size
+        client_steps = self.config.local_epochs * math.ceil(self.client_pool / self.config.num_clients / batch_size)
+        root_steps_per_epoch = max(1, math.ceil(len(self.root_data) / batch_size))
+        return max(1, math.ceil(client_steps / root_steps_per_epoch))
+
     def server_model_hooks(self):
         """What model-aware defences need: the server's update on its root data (FLTrust) and predictions (DeepSight)."""
         from flwr.app import ArrayRecord
@@ -108,7 +123,7 @@ class ImageClassification(Workload):
                 server_round=server_round,
                 partition_id=-1,
                 num_partitions=1,
-                local_epochs=self.config.local_epochs,
+                local_epochs=self.root_epochs(),
                 lr=self.config.lr,
                 batch_size=self.config.batch_size,
                 generator=generator(self.config.seed, "server-root", server_round),
@@ -126,7 +141,10 @@ class ImageClassification(Workload):
             chunks = [model(inputs[start : start + EVAL_BATCH]) for start in range(0, len(inputs), EVAL_BATCH)]
             return torch.softmax(torch.cat(chunks), dim=1)
 
-        return ServerModelHooks(root_update=root_update, predict=predict, input_shape=self.dataset.image_shape)
+        # No root data (``data.server-size = 0``): no root update, and FLTrust refuses to start.
+        return ServerModelHooks(
+            root_update=root_update if len(self.root_data) else None, predict=predict, input_shape=self.dataset.image_shape
+        )
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, Any]:

@@ -25,6 +25,25 @@ def detection_scores(flagged: list[int], attackers: list[int], clients: list[int
     return scores
 
 
+def attacker_relative_weight(rounds: list[dict[str, Any]]) -> float | None:
+    """How much weight a down-weighting defence gave the attackers, relative to the round's average client.
+
+    A rule that excludes nobody but weights clients (FoolsGold, FLTrust, RFA, centered clipping,
+    norm clipping) records ``weights`` per round. Each weight is divided by the round's mean
+    weight, so 1 means "treated like an average client", 0 "excluded", above 1 "favoured";
+    the score is the mean of that over every attacker reply of every such round (None when no
+    round has both weights and attackers).
+    """
+    relative: list[float] = []
+    for record in rounds:
+        weights = record.get("weights") or {}
+        attackers = [str(pid) for pid in record.get("attackers", []) if str(pid) in weights]
+        mean_weight = sum(weights.values()) / len(weights) if weights else 0.0
+        if attackers and mean_weight > 0:
+            relative.extend(weights[pid] / mean_weight for pid in attackers)
+    return float(np.mean(relative)) if relative else None
+
+
 def persistence(asr_by_round: dict[int, float], last_attack_round: int, threshold: float = 0.5) -> dict[str, Any]:
     """ASR 10 and 30 rounds after a backdoor's last attack round, and rounds until it falls below ``threshold``."""
     result: dict[str, Any] = {"last_attack_round": last_attack_round}
@@ -57,7 +76,7 @@ def update_norm_medians(rounds: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=None) -> dict[str, Any]:
-    """Final and best values, persistence per backdoor, detection totals, wall time."""
+    """Final and best values, persistence per backdoor, detection totals, attackers' relative weight, wall time."""
     if not rounds:
         return {"rounds_completed": 0}
     metric, mode = headline
@@ -91,4 +110,7 @@ def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=
         attackers = [(pid, r["round"]) for r in detection_rounds for pid in r.get("attackers", [])]
         clients = [(pid, r["round"]) for r in detection_rounds for pid in r.get("clients", [])]
         summary["detection"] = detection_scores(flagged, attackers, clients)
+    relative_weight = attacker_relative_weight(rounds)
+    if relative_weight is not None:
+        summary["attacker_relative_weight"] = relative_weight
     return summary

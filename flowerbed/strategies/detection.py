@@ -30,8 +30,10 @@ def partition_ids_of(contents: Sequence[RecordDict]) -> list[int]:
 class DetectionReport:
     """Mixin holding the last round's detection outcome.
 
-    ``flags_clients`` says whether the rule can leave clients out or down-weight
-    them at all; the recorder writes ``flagged``/``detection`` only for those.
+    ``flags_clients`` says whether the rule can leave a client out at all; the
+    recorder writes ``flagged``/``detection`` only for those. Rules that
+    down-weight clients report ``last_weights`` (written as ``weights``, scored as
+    the attackers' relative weight) whether or not they can flag.
     """
 
     flags_clients: bool = True

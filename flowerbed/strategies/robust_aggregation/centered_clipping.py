@@ -45,6 +45,7 @@ class CenteredClipping(UpdateDefence):
 
     name = "centered-clipping"
     Params = CenteredClippingParams
+    flags_clients = False  # down-weights (its clipping coefficients are reported), never leaves a client out
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -2,7 +2,8 @@
 Bootstrapping").
 
 The server trains its own copy of the global model on a small clean root data
-set; its update g0 bootstraps trust. Each client gets the trust score
+set, with the clients' local training (the same number of SGD steps); its update
+g0 bootstraps trust. Each client gets the trust score
 ``TS_i = ReLU(cos(g_i, g0))``, its update is rescaled to the norm of g0, and
 the round's update is ``sum_i TS_i * g_i * |g0| / |g_i|  /  sum_i TS_i``.
 Clients with zero trust are flagged.
@@ -62,7 +63,8 @@ class FLTrust(UpdateDefence):
     ) -> None:
         if root_data is None or root_data.root_update is None:
             raise ValueError(
-                "strategy.fltrust: needs root_data=ServerModelHooks(root_update=...), the server's training on its root data"
+                "strategy.fltrust: needs root_data=ServerModelHooks(root_update=...), the server's training on its root"
+                " data (image classification keeps 'data.server-size' training images for it; it must be > 0)"
             )
         super().__init__(
             params,

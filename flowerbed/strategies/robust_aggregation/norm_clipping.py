@@ -38,18 +38,21 @@ def norm_clipping_aggregate(
     """
     norms = torch.linalg.vector_norm(updates, dim=1) if norms is None else norms
     factors = clip_factors(norms, norm_bound)
-    update = (weights * factors).to(updates.dtype) @ updates
+    coefficients = weights * factors
+    update = coefficients.to(updates.dtype) @ updates
     if noise_std > 0:
         update += noise_std * torch.randn(update.shape, generator=generator, dtype=update.dtype)
-    return Aggregation(update, torch.ones(updates.shape[0], dtype=torch.bool))
+    # Clipping down-weights the long updates: each client's coefficient is its reported weight.
+    return Aggregation(update, torch.ones(updates.shape[0], dtype=torch.bool), coefficients)
 
 
 @STRATEGIES.register("norm-clipping")
 class NormClipping(UpdateDefence):
-    """Sun et al. (2019): bound every update's norm, then FedAvg (+ weak DP noise); flags nobody."""
+    """Sun et al. (2019): bound every update's norm, then FedAvg (+ weak DP noise); flags nobody, reports each client's clipped weight."""
 
     name = "norm-clipping"
     Params = NormClippingParams
+    flags_clients = False  # clips, never leaves a client out: its weights are reported instead
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         return norm_clipping_aggregate(

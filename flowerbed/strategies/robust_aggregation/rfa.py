@@ -59,6 +59,7 @@ class Rfa(UpdateDefence):
 
     name = "rfa"
     Params = RfaParams
+    flags_clients = False  # down-weights (its Weiszfeld weights are reported), never leaves a client out
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         median, betas = geometric_median(

@@ -51,6 +51,7 @@ class RobustLearningRate(UpdateDefence):
 
     name = "rlr"
     Params = RlrParams
+    flags_clients = False  # acts per coordinate, never on a client as a whole
     last_flipped_fraction: float = 0.0
 
     @classmethod

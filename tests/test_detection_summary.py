@@ -1,0 +1,41 @@
+"""Scoring a defence against the true attackers: flags (precision, recall, FPR) and weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowerbed.platform.summary import attacker_relative_weight, build_summary
+
+HEADLINE = ("clean_acc", "max")
+
+
+def test_attacker_relative_weight_compares_attackers_to_the_rounds_average_client():
+    rounds = [
+        # mean weight 0.25: the attacker's 0.05 is 0.2 of an average client
+        {"round": 1, "clean_acc": 0.9, "attackers": [3], "clients": [1, 2, 3, 4], "weights": {"1": 0.3, "2": 0.3, "3": 0.05, "4": 0.35}},
+        # weights on another scale (FoolsGold's are not normalised): attacker at 2.0 / mean 1.0
+        {"round": 2, "clean_acc": 0.9, "attackers": [4], "clients": [1, 4], "weights": {"1": 0.0, "4": 2.0}},
+        {"round": 3, "clean_acc": 0.9, "attackers": [], "clients": [1, 2], "weights": {"1": 0.5, "2": 0.5}},  # no attacker
+        {"round": 4, "clean_acc": 0.9, "attackers": [2], "clients": [1, 2]},  # no weights recorded
+    ]
+    assert attacker_relative_weight(rounds) == pytest.approx((0.2 + 2.0) / 2)
+    assert build_summary(rounds, HEADLINE)["attacker_relative_weight"] == pytest.approx(1.1)
+
+
+def test_no_relative_weight_without_weighted_rounds_that_had_attackers():
+    rounds = [
+        {"round": 1, "clean_acc": 0.9, "attackers": [3], "clients": [1, 3]},
+        {"round": 2, "clean_acc": 0.9, "attackers": [], "clients": [1, 3], "weights": {"1": 0.5, "3": 0.5}},
+    ]
+    assert attacker_relative_weight(rounds) is None
+    assert "attacker_relative_weight" not in build_summary(rounds, HEADLINE)
+
+
+def test_detection_is_pooled_over_the_rounds_that_report_flags():
+    rounds = [
+        {"round": 1, "clean_acc": 0.9, "attackers": [3], "clients": [1, 2, 3], "flagged": [3, 1]},
+        {"round": 2, "clean_acc": 0.9, "attackers": [3], "clients": [1, 2, 3], "flagged": []},
+        {"round": 3, "clean_acc": 0.9, "attackers": [3], "clients": [1, 2, 3]},  # a rule that cannot flag
+    ]
+    detection = build_summary(rounds, HEADLINE)["detection"]
+    assert detection == {"precision": 0.5, "recall": 0.5, "fpr": 0.25}
