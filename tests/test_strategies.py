@@ -210,6 +210,61 @@ def test_only_rules_that_can_leave_a_client_out_are_scored_on_flags(name):
     else:
         assert strategy.last_weights == {}
 
+
+STATISTICS = {"bn.running_mean": (6,), "bn.running_var": (6,)}
+COORDINATEWISE = {"median", "trimmed-mean", "bulyan"}  # per-coordinate rules (Bulyan: its second step): the statistics get the rule too
+
+
+def with_statistics(arrays: dict[str, np.ndarray], moved: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``arrays`` plus BatchNorm running statistics (global ones, or moved by the 12 values ``moved``)."""
+    statistics = {"bn.running_mean": np.zeros(6, dtype=np.float32), "bn.running_var": np.ones(6, dtype=np.float32)}
+    if moved is not None:
+        statistics = {"bn.running_mean": moved[:6].astype(np.float32), "bn.running_var": (1 + np.abs(moved[6:])).astype(np.float32)}
+    return {**arrays, **statistics}
+
+
+def statistics_round(name: str, moves: np.ndarray | None):
+    """One round of ``name`` on the aligned scenario, the clients' running statistics moved by ``moves`` (or not)."""
+    base = with_statistics(global_model())
+    updates = scenario_updates("aligned")
+    models = [with_statistics(model, None if moves is None else moves[i]) for i, model in enumerate(client_models(updates, base))]
+    params = {"num-malicious": 3} if name in {"krum", "multi-krum"} else {"num-malicious": 1} if name == "bulyan" else None
+    strategy = build(name, params, root_data=hooks(base, updates[0]))
+    strategy.configure_train(1, to_record(base), ConfigRecord(), FakeGrid())
+    replies = [
+        Message(
+            content=RecordDict(
+                {
+                    "arrays": ArrayRecord({key: Array(np.asarray(value)) for key, value in model.items()}),
+                    "metrics": MetricRecord({"num-examples": 10 + i, "partition-id": PID_OFFSET + i, "train_loss": 0.5}),
+                }
+            ),
+            dst_node_id=i + 1,
+            message_type=MessageType.TRAIN,
+        )
+        for i, model in enumerate(models)
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return as_numpy(arrays), strategy.last_flagged, models
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_defences_measure_learned_weights_not_batchnorm_running_statistics(name):
+    """Clients whose running statistics moved a lot (here far more than their weights) are judged by their weights alone."""
+    still, flagged_still, _ = statistics_round(name, None)
+    moves = np.random.default_rng(3).normal(scale=50.0, size=(NUM_CLIENTS, 12))
+    moves[ATTACKERS] = 0.0  # the attackers' statistics stay put: only the honest clients' look "anomalous"
+    moved, flagged_moved, models = statistics_round(name, moves)
+    assert flagged_moved == flagged_still
+    for key in SHAPES:  # the learned weights come out as if no statistic had moved (same seeded noise too)
+        np.testing.assert_allclose(moved[key], still[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    if name not in COORDINATEWISE:  # statistics: the example-weighted mean of the clients that entered the aggregate
+        accepted = [i for i in range(NUM_CLIENTS) if PID_OFFSET + i not in flagged_moved]
+        weights = np.array([10 + i for i in accepted], dtype=np.float64)
+        for key in STATISTICS:
+            expected = sum(w * models[i][key] for w, i in zip(weights / weights.sum(), accepted))
+            np.testing.assert_allclose(moved[key], expected, rtol=1e-5, atol=1e-5, err_msg=key)
+
 UPDATE_DEFENCES = [name for name in ALL_NAMES if issubclass(STRATEGIES.get(name), UpdateDefence)]
 
 
@@ -251,15 +306,15 @@ def test_update_batch_records_each_rows_floating_norm():
     contents = [reply.content for reply in make_replies(client_models(updates, base))]
     batch = UpdateBatch.from_contents(contents, to_record(base), buffer=UpdateMatrixBuffer())
     floating = np.vstack([flat(model) - flat(base) for model in client_models(updates, base)])
-    np.testing.assert_allclose(batch.floating_norms.numpy(), np.linalg.norm(floating, axis=1), rtol=1e-6)
-    np.testing.assert_allclose(batch.floating.numpy(), floating[:, batch_order(batch)], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(batch.learned_norms.numpy(), np.linalg.norm(floating, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(batch.learned.numpy(), floating[:, batch_order(batch)], rtol=0, atol=1e-6)
 
 
 def batch_order(batch: UpdateBatch) -> np.ndarray:
     """Column order of the batch's floating part in terms of :func:`flat`'s (SHAPES order)."""
     starts = dict(zip(SHAPES, np.cumsum([0] + [math.prod(shape) for shape in SHAPES.values()])[:-1], strict=True))
     return np.concatenate(
-        [starts[key] + np.arange(math.prod(shape)) for key, shape, _ in batch.layout.floating_segments()]
+        [starts[key] + np.arange(math.prod(shape)) for key, shape, _ in batch.layout.learned_segments()]
     )
 
 

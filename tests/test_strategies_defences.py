@@ -69,18 +69,20 @@ def test_pairwise_distances_and_cosine_match_scipy():
     np.testing.assert_allclose(distances_to(tensor(points), tensor(center)).numpy(), np.linalg.norm(points - center, axis=1))
 
 
-def test_layout_round_trip_keeps_dtypes_and_puts_integers_last():
+def test_layout_round_trip_keeps_dtypes_and_puts_weights_then_statistics_then_integers():
     record = ArrayRecord(
         {
             "a.weight": Array(np.arange(6, dtype=np.float32).reshape(2, 3)),
+            "bn.running_var": Array(np.array([9.0], dtype=np.float32)),
             "bn.num_batches_tracked": Array(np.array(5, dtype=np.int64)),
             "a.bias": Array(np.array([7.0, 8.0], dtype=np.float32)),
         }
     )
     layout = ArrayLayout.of(record)
     vector = layout.flatten(record)
-    assert layout.num_floating == 8 and layout.size == 9
-    assert vector.tolist() == [0, 1, 2, 3, 4, 5, 7, 8, 5]
+    assert layout.num_learned == 8 and layout.size == 10  # defences see the 8 learned weights
+    assert vector.tolist() == [0, 1, 2, 3, 4, 5, 7, 8, 9, 5]
+    assert [key for key, _, _ in layout.learned_segments()] == ["a.weight", "a.bias"]
     back = layout.to_arrayrecord(vector + 0.4)
     assert list(back.keys()) == list(record.keys())
     assert back["bn.num_batches_tracked"].numpy().dtype == np.int64 and int(back["bn.num_batches_tracked"].numpy()) == 5

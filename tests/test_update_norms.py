@@ -15,7 +15,7 @@ def _record(state: dict[str, torch.Tensor]) -> ArrayRecord:
     return ArrayRecord({key: value.clone() for key, value in state.items()})
 
 
-def test_update_norm_is_the_l2_distance_over_the_floating_arrays():
+def test_update_norm_is_the_l2_distance_over_the_learned_weights():
     generator = torch.Generator().manual_seed(0)
     global_state = {
         "conv.weight": torch.randn(8, 3, 3, 3, generator=generator),
@@ -33,11 +33,13 @@ def test_update_norm_is_the_l2_distance_over_the_floating_arrays():
         [
             (local_state[key].double() - global_state[key].double()).reshape(-1)
             for key in global_state
-            if global_state[key].is_floating_point()
+            if global_state[key].is_floating_point() and not key.endswith("running_mean")
         ]
     ).norm()
     assert update_norm(_record(local_state), _record(global_state)) == pytest.approx(float(expected), rel=1e-12)
     assert update_norm(_record(global_state), _record(global_state)) == 0.0  # the integer counter's +7 is not counted
+    only_statistics = {**global_state, "bn.running_mean": local_state["bn.running_mean"]}
+    assert update_norm(_record(only_statistics), _record(global_state)) == 0.0  # nor a running statistic's move
 
 
 def test_medians_separate_attackers_from_benign_clients_round_by_round():

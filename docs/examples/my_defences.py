@@ -25,8 +25,8 @@ class NormFilter(UpdateDefence):
     Params = NormFilterParams
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
-        norms = batch.floating_norms  # (clients,) L2 norms, taken while the updates were flattened
+        norms = batch.learned_norms  # (clients,) L2 norms, taken while the updates were flattened
         accepted = norms <= self.params.factor * norms.median()
         weights = batch.example_weights * accepted  # FedAvg weights, rejected clients zeroed
         weights = weights / weights.sum()
-        return Aggregation(update=weights.to(batch.floating.dtype) @ batch.floating, accepted=accepted)
+        return Aggregation(update=weights.to(batch.learned.dtype) @ batch.learned, accepted=accepted)

@@ -1,4 +1,4 @@
-"""Reading Flower ``Array`` data without copies, and the size of a client's update."""
+"""Reading Flower ``Array`` data without copies, which model entries are learned weights, and the size of a client's update."""
 
 from __future__ import annotations
 
@@ -9,6 +9,21 @@ import math
 import numpy as np
 from flwr.app import Array, ArrayRecord
 from flwr.common.constant import SType
+
+# BatchNorm's running statistics: floating-point buffers a layer measures on the data it sees,
+# not weights that training learns.
+RUNNING_STATISTICS = ("running_mean", "running_var")
+
+
+def is_learned(key: str, dtype: np.dtype) -> bool:
+    """Whether a model entry is a learned weight: floating-point and not a running statistic.
+
+    Defences measure updates on these only (norms, distances, cosines, clipping, noise), as
+    the papers define them on model parameters; running statistics follow the accepted
+    clients' average and integer counters are left out.
+    """
+    return np.dtype(dtype).kind == "f" and not key.endswith(RUNNING_STATISTICS)
+
 
 _NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 _NPY_MAGIC = b"\x93NUMPY"
@@ -54,14 +69,14 @@ def _parse_npy_header(header: bytes) -> tuple[tuple[int, ...], np.dtype] | None:
 
 
 def update_norm(record: ArrayRecord, global_arrays: ArrayRecord) -> float:
-    """The L2 norm of ``record - global_arrays`` over the floating-point arrays (the client's update).
+    """The L2 norm of ``record - global_arrays`` over the learned weights (the client's update).
 
-    Integer arrays (e.g. BatchNorm's ``num_batches_tracked``) are left out, as the defences leave them.
+    BatchNorm's running statistics and integer counters are left out, as the defences leave them.
     """
     squared = 0.0
     for key, reference in global_arrays.items():
         global_values = array_view(reference)
-        if global_values.dtype.kind != "f":
+        if not is_learned(key, global_values.dtype):
             continue
         difference = np.subtract(array_view(record[key]), global_values, dtype=np.float64).ravel()
         squared += float(np.dot(difference, difference))

@@ -1,12 +1,16 @@
 """Client updates as one tensor, and the geometry every defence computes on it.
 
 A round's replies are flattened once into a ``(clients x parameters)`` float32
-tensor of updates (local model - global model). Floating-point arrays come
-first in the flat vector; integer arrays (e.g. BatchNorm's
-``num_batches_tracked``) form a tail the defences leave alone: it is averaged
-over the accepted clients and rounded back. Distances and cosine similarities
+tensor of updates (local model - global model). The learned weights come first
+in the flat vector and are what every defence measures and aggregates (the
+papers define their rules on model parameters); BatchNorm's running statistics
+and integer counters (``num_batches_tracked``) form a tail the defences leave
+alone: it moves by the accepted clients' example-weighted mean (counters rounded
+back). For the ``cnn`` model the running statistics moved more than the weights in
+a benign round (~70% of the squared update norm), so measuring them would make
+norms, distances and cosines mostly about BatchNorm statistics. Distances and cosine similarities
 come from one Gram matrix, so pairwise work is a single matrix product.
-Each row's floating-point norm is taken while the row is written, and the
+Each row's norm (over the learned weights) is taken while the row is written, and the
 matrix itself can live in an :class:`UpdateMatrixBuffer` kept across rounds.
 """
 
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from flowerbed.platform.arrays import array_view
+from flowerbed.platform.arrays import array_view, is_learned
 
 from .detection import partition_ids_of
 
@@ -34,25 +38,27 @@ class ArrayLayout:
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[np.dtype, ...]
     offsets: tuple[int, ...]
-    num_floating: int
+    num_learned: int
     size: int
 
     @classmethod
     def of(cls, record: ArrayRecord) -> ArrayLayout:
-        """The layout of ``record``: floating arrays first (in key order), then the integer ones."""
+        """The layout of ``record``: learned weights first (in key order), then running statistics, then integer arrays."""
         keys = tuple(record.keys())
         shapes = tuple(tuple(record[key].shape) for key in keys)
         dtypes = tuple(np.dtype(record[key].dtype) for key in keys)
+        learned = [is_learned(key, dtype) for key, dtype in zip(keys, dtypes, strict=True)]
         floating = [np.issubdtype(dtype, np.floating) for dtype in dtypes]
+        group = [0 if is_weight else 1 if is_float else 2 for is_weight, is_float in zip(learned, floating, strict=True)]
         offsets = [0] * len(keys)
         position = 0
-        for want_floating in (True, False):
-            for index, is_floating in enumerate(floating):
-                if is_floating == want_floating:
+        for wanted in (0, 1, 2):
+            for index, in_group in enumerate(group):
+                if in_group == wanted:
                     offsets[index] = position
                     position += int(np.prod(shapes[index], dtype=np.int64))
-        num_floating = sum(int(np.prod(s, dtype=np.int64)) for s, f in zip(shapes, floating, strict=True) if f)
-        return cls(keys, shapes, dtypes, tuple(offsets), num_floating, position)
+        num_learned = sum(int(np.prod(s, dtype=np.int64)) for s, g in zip(shapes, learned, strict=True) if g)
+        return cls(keys, shapes, dtypes, tuple(offsets), num_learned, position)
 
     @functools.cached_property
     def segments(self) -> tuple[slice, ...]:
@@ -61,20 +67,20 @@ class ArrayLayout:
         return tuple(slice(offset, offset + size) for offset, size in zip(self.offsets, sizes, strict=True))
 
     @functools.cached_property
-    def is_floating(self) -> tuple[bool, ...]:
-        """Whether each array is floating-point."""
-        return tuple(bool(np.issubdtype(dtype, np.floating)) for dtype in self.dtypes)
+    def is_learned(self) -> tuple[bool, ...]:
+        """Whether each array is a learned weight (floating-point, not a running statistic)."""
+        return tuple(is_learned(key, dtype) for key, dtype in zip(self.keys, self.dtypes, strict=True))
 
-    def floating_segments(self) -> Iterator[tuple[str, tuple[int, ...], slice]]:
-        """(key, shape, slice) of each floating-point array, in key order."""
+    def learned_segments(self) -> Iterator[tuple[str, tuple[int, ...], slice]]:
+        """(key, shape, slice) of each learned weight array, in key order."""
         for index, key in enumerate(self.keys):
-            if self.is_floating[index]:
+            if self.is_learned[index]:
                 yield key, self.shapes[index], self.segments[index]
 
     def write(self, record: ArrayRecord, out: torch.Tensor, minus: torch.Tensor | None = None) -> float:
         """Copy ``record`` (minus the flat vector ``minus``, if given) into the flat float32 vector ``out``.
 
-        Returns the squared L2 norm of the floating-point part written, taken array by array
+        Returns the squared L2 norm of the learned weights written, taken array by array
         while each array is still in cache (float32 dot products summed in float64).
         """
         if set(record.keys()) != set(self.keys):
@@ -82,7 +88,7 @@ class ArrayLayout:
         target = out.numpy()  # shares memory with ``out``
         subtrahend = None if minus is None else minus.numpy()
         squared_norm = 0.0
-        for key, shape, segment, is_floating in zip(self.keys, self.shapes, self.segments, self.is_floating, strict=True):
+        for key, shape, segment, learned in zip(self.keys, self.shapes, self.segments, self.is_learned, strict=True):
             values = array_view(record[key])
             if values.shape != shape:
                 raise ValueError(f"array '{key}' has shape {values.shape}, the global model {shape}")
@@ -91,7 +97,7 @@ class ArrayLayout:
                 written[:] = values.reshape(-1)
             else:
                 np.subtract(values.reshape(-1), subtrahend[segment], out=written, casting="unsafe")
-            if is_floating:
+            if learned:
                 squared_norm += float(np.dot(written, written))
         return squared_norm
 
@@ -107,7 +113,7 @@ class ArrayLayout:
         """``records`` (each minus ``minus``, if given) as a ``(len(records), size)`` float32 matrix.
 
         Written into ``out`` if given (it must have that shape). Also returns each row's
-        floating-point L2 norm (float64).
+        L2 norm over the learned weights (float64).
         """
         if out is None:
             out = torch.empty(len(records), self.size, dtype=torch.float32)
@@ -155,8 +161,8 @@ class UpdateBatch:
     """One round's client updates, flattened once.
 
     ``updates[i]`` is client ``i``'s model minus the global model; rows follow
-    the reply order. ``floating`` is the view of the floating-point part that
-    defences operate on, ``floating_norms`` its rows' L2 norms (float64). The
+    the reply order. ``learned`` is the view of the learned weights that
+    defences operate on, ``learned_norms`` its rows' L2 norms (float64). The
     matrix may be a reused buffer: no defence keeps a view of it past the round.
     """
 
@@ -166,7 +172,7 @@ class UpdateBatch:
     partition_ids: list[int]
     num_examples: torch.Tensor
     records: list[ArrayRecord]
-    floating_norms: torch.Tensor
+    learned_norms: torch.Tensor
 
     @classmethod
     def from_contents(
@@ -181,21 +187,21 @@ class UpdateBatch:
         records = [cast(ArrayRecord, next(iter(content.array_records.values()))) for content in contents]
         global_vector = layout.flatten(global_arrays)
         out = None if buffer is None else buffer.rows(len(records), layout.size)
-        updates, floating_norms = layout.stack(records, minus=global_vector, out=out)
+        updates, learned_norms = layout.stack(records, minus=global_vector, out=out)
         num_examples = torch.tensor(
             [float(cast(float, next(iter(c.metric_records.values()), MetricRecord())[weighted_by_key])) for c in contents],
             dtype=torch.float64,
         )
-        return cls(layout, global_vector, updates, partition_ids_of(contents), num_examples, records, floating_norms)
+        return cls(layout, global_vector, updates, partition_ids_of(contents), num_examples, records, learned_norms)
 
     @property
     def num_clients(self) -> int:
         return self.updates.shape[0]
 
     @property
-    def floating(self) -> torch.Tensor:
-        """The floating-point coordinates of every update (a view, no copy)."""
-        return self.updates[:, : self.layout.num_floating]
+    def learned(self) -> torch.Tensor:
+        """The learned-weight coordinates of every update (a view, no copy)."""
+        return self.updates[:, : self.layout.num_learned]
 
     @property
     def example_weights(self) -> torch.Tensor:
@@ -207,18 +213,18 @@ class UpdateBatch:
         return self.layout.flatten(record).sub_(self.global_vector)
 
     def to_arrays(self, update: torch.Tensor, accepted: torch.Tensor) -> ArrayRecord:
-        """The new global model: global + ``update`` on the floating part.
+        """The new global model: global + ``update`` on the learned weights.
 
-        The integer tail moves by the example-weighted mean update of the
-        ``accepted`` clients (and stays put if none was accepted).
+        The tail (running statistics, integer counters) moves by the example-weighted
+        mean update of the ``accepted`` clients (and stays put if none was accepted).
         """
         vector = self.global_vector.clone()
-        num_floating = self.layout.num_floating
-        vector[:num_floating] += update
-        if num_floating < self.layout.size and bool(accepted.any()):
+        num_learned = self.layout.num_learned
+        vector[:num_learned] += update
+        if num_learned < self.layout.size and bool(accepted.any()):
             weights = self.num_examples[accepted]
             weights = (weights / weights.sum()).to(torch.float32)
-            vector[num_floating:] += weights @ self.updates[accepted, num_floating:]
+            vector[num_learned:] += weights @ self.updates[accepted, num_learned:]
         return self.layout.to_arrayrecord(vector)
 
 

@@ -34,10 +34,8 @@ from torch import Tensor
 
 from flowerbed.clients.attack import Attack, PoisonTrainingParams, poison_count, stamp
 from flowerbed.clients.attacks.model_replacement import total_norm
+from flowerbed.platform.arrays import RUNNING_STATISTICS
 from flowerbed.platform.registry import ATTACKS
-
-# State-dict entries that are running statistics, not learned weights (BatchNorm).
-RUNNING_STATISTICS = ("running_mean", "running_var")
 
 
 class DMBAAttackParams(PoisonTrainingParams):

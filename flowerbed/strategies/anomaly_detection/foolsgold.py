@@ -93,5 +93,5 @@ class FoolsGold(UpdateDefence):
         self._history = UpdateHistory()
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
-        histories = self._history.add(batch.partition_ids, batch.floating)
-        return foolsgold_aggregate(batch.floating, histories, self.params.confidence)
+        histories = self._history.add(batch.partition_ids, batch.learned)
+        return foolsgold_aggregate(batch.learned, histories, self.params.confidence)

@@ -48,7 +48,7 @@ def low_frequency_features(updates: torch.Tensor, layout: ArrayLayout, cutoff: f
     """Every client's low-frequency DCT coefficients, all layers concatenated: ``(clients, features)``."""
     num_clients = updates.shape[0]
     features = []
-    for _, shape, segment in layout.floating_segments():
+    for _, shape, segment in layout.learned_segments():
         rows = shape[0] if len(shape) >= 2 else 1
         layer = updates[:, segment].reshape(num_clients, rows, -1).numpy()
         coefficients = scipy.fft.dctn(layer, type=2, norm="ortho", axes=(1, 2), workers=torch.get_num_threads())
@@ -77,5 +77,5 @@ class FreqFed(UpdateDefence):
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         return freqfed_aggregate(
-            batch.floating, batch.example_weights, batch.layout, cutoff=self.params.low_frequency_cutoff
+            batch.learned, batch.example_weights, batch.layout, cutoff=self.params.low_frequency_cutoff
         )

@@ -53,7 +53,7 @@ class DeepSightParams(StrategyParams):
 
 def output_layer_slices(layout: ArrayLayout, name: str = "") -> tuple[slice, tuple[int, int], slice]:
     """Flat slices of the output layer's weight (with its (P, F) shape) and bias."""
-    shapes = {key: (shape, segment) for key, shape, segment in layout.floating_segments()}
+    shapes = {key: (shape, segment) for key, shape, segment in layout.learned_segments()}
     if name:
         weight_key = f"{name}.weight"
     else:
@@ -160,8 +160,8 @@ class DeepSight(UpdateDefence):
             min_cluster_size=params.min_cluster_size,
         )
         if not bool(accepted.any()):
-            return Aggregation(torch.zeros(batch.layout.num_floating), accepted)
-        update, _ = median_clipped_mean(batch.floating, accepted, batch.floating_norms)
+            return Aggregation(torch.zeros(batch.layout.num_learned), accepted)
+        update, _ = median_clipped_mean(batch.learned, accepted, batch.learned_norms)
         return Aggregation(update, accepted)
 
     def _division_differences(self, batch: UpdateBatch, server_round: int) -> list[torch.Tensor]:

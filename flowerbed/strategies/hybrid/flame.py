@@ -55,5 +55,5 @@ class Flame(UpdateDefence):
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         return flame_aggregate(
-            batch.floating, noise_lambda=self.params.noise_lambda, generator=self.round_generator(server_round)
+            batch.learned, noise_lambda=self.params.noise_lambda, generator=self.round_generator(server_round)
         )

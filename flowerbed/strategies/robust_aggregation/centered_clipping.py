@@ -53,10 +53,10 @@ class CenteredClipping(UpdateDefence):
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         start = self._previous_update
-        if start is None or start.shape[0] != batch.layout.num_floating:
-            start = torch.zeros(batch.layout.num_floating, dtype=batch.floating.dtype)
+        if start is None or start.shape[0] != batch.layout.num_learned:
+            start = torch.zeros(batch.layout.num_learned, dtype=batch.learned.dtype)
         update, coefficients = centered_clipping(
-            batch.floating, start, tau=self.params.tau, iterations=self.params.iterations
+            batch.learned, start, tau=self.params.tau, iterations=self.params.iterations
         )
         self._previous_update = update
         return Aggregation(update, torch.ones(batch.num_clients, dtype=torch.bool), coefficients)

@@ -4,9 +4,10 @@ arXiv 1712.07557): clip every update to norm S, average with FedAvg, add Gaussia
 standard deviation z * S / n. Flower's DifferentialPrivacyServerSideFixedClipping around
 FedAvg; the noise is drawn from a generator seeded by (run seed, round).
 
-One change to Flower's wrapper: the clipping norm is measured on the floating-point
-update only, and integer arrays are neither clipped nor noised, as in every other
-flowerbed defence. Flower clips the difference of every array, and BatchNorm's
+One change to Flower's wrapper: the clipping norm is measured on the learned weights
+only, and only they are clipped and noised, as in every other flowerbed defence
+(BatchNorm's running statistics are averaged, integer counters left alone; Gaussian
+noise on a running variance can make it negative). Flower clips the difference of every array, and BatchNorm's
 ``num_batches_tracked`` counters grow by the number of local steps: from a client that
 sends its whole ``state_dict`` (Flower's example apps do) with the ``cnn`` (four
 BatchNorm layers, 16 steps a round) Flower measures 32 for an update whose weights
@@ -26,7 +27,7 @@ from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
 from flwr.supercore.differential_privacy import compute_stdv
 from pydantic import Field
 
-from flowerbed.platform.arrays import array_view, update_norm
+from flowerbed.platform.arrays import array_view, is_learned, update_norm
 from flowerbed.platform.registry import STRATEGIES
 
 from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
@@ -45,10 +46,10 @@ class DpFixedClippingParams(StrategyParams):
     )
 
 
-def clip_floating_update(record: ArrayRecord, global_arrays: ArrayRecord, clipping_norm: float) -> ArrayRecord:
-    """``record`` with its floating-point update (record - global) scaled to L2 norm <= ``clipping_norm``.
+def clip_learned_update(record: ArrayRecord, global_arrays: ArrayRecord, clipping_norm: float) -> ArrayRecord:
+    """``record`` with its learned-weight update (record - global) scaled to L2 norm <= ``clipping_norm``.
 
-    Integer arrays (e.g. BatchNorm's step counters) are kept as they are; so is a record already within the bound.
+    Running statistics and integer arrays (BatchNorm's) are kept as they are; so is a record already within the bound.
     The arithmetic is Flower's ``compute_clip_model_update``: global + (record - global) * factor, in the array's dtype.
     """
     norm = update_norm(record, global_arrays)
@@ -58,7 +59,7 @@ def clip_floating_update(record: ArrayRecord, global_arrays: ArrayRecord, clippi
     clipped = {}
     for key, array in record.items():
         values = array_view(array)
-        if values.dtype.kind != "f":
+        if not is_learned(key, values.dtype):
             clipped[key] = array
             continue
         base = array_view(global_arrays[key])
@@ -99,7 +100,7 @@ class DpFixedClipping(FlagsNobody, FlowerbedStrategy, flwr_strategy.Differential
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Flower's (flwr 1.42) server-side fixed clipping: check, clip, FedAvg, noise (seeded by this round).
 
-        Flower's own steps, except that each update is clipped by :func:`clip_floating_update`.
+        Flower's own steps, except that each update is clipped by :func:`clip_learned_update`.
         """
         self._round = server_round
         replies_list = list(replies)
@@ -109,7 +110,7 @@ class DpFixedClipping(FlagsNobody, FlowerbedStrategy, flwr_strategy.Differential
         self._validate_uniform_weights(replies_list)
         for reply in replies_list:
             for record_name, record in list(reply.content.array_records.items()):
-                reply.content[record_name] = clip_floating_update(record, self.current_arrays, self.clipping_norm)
+                reply.content[record_name] = clip_learned_update(record, self.current_arrays, self.clipping_norm)
         aggregated_arrays, aggregated_metrics = self.strategy.aggregate_train(server_round, replies_list)
         if aggregated_arrays:
             aggregated_arrays = self._add_noise_to_aggregated_arrays(aggregated_arrays)
@@ -117,14 +118,15 @@ class DpFixedClipping(FlagsNobody, FlowerbedStrategy, flwr_strategy.Differential
         return aggregated_arrays, aggregated_metrics
 
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
-        """Flower's Gaussian noise (std z * S / n), from a seeded generator, on the arrays that are floating-point
-        in the global model (FedAvg turns an integer counter into its float mean: it stays noise-free)."""
+        """Flower's Gaussian noise (std z * S / n), from a seeded generator, on the arrays that are learned weights
+        in the global model (FedAvg turns an integer counter into its float mean: it stays noise-free, as do
+        the running statistics)."""
         std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
         generator = np.random.default_rng([self.seed, self._round])
         noisy = {}
         for key, array in aggregated_arrays.items():
             values = array_view(array)
-            if key in self.current_arrays and np.dtype(self.current_arrays[key].dtype).kind != "f":
+            if key in self.current_arrays and not is_learned(key, np.dtype(self.current_arrays[key].dtype)):
                 noisy[key] = array
                 continue
             noisy[key] = Array(np.asarray(values + generator.normal(0.0, std, values.shape).astype(values.dtype)))

@@ -77,5 +77,5 @@ class FLTrust(UpdateDefence):
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         assert self.root_data is not None and self.root_data.root_update is not None and self._global_arrays is not None
         root_model = self.root_data.root_update(self._global_arrays, server_round)
-        root_update = batch.flatten_like(root_model)[: batch.layout.num_floating]
-        return fltrust_aggregate(batch.floating, root_update, batch.floating_norms)
+        root_update = batch.flatten_like(root_model)[: batch.layout.num_learned]
+        return fltrust_aggregate(batch.learned, root_update, batch.learned_norms)

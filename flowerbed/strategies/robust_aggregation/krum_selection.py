@@ -12,10 +12,12 @@ and the float32 Gram matrix of each cache-sized block of coordinates (BLAS
 then applies Flower's scoring and ordering unchanged, and the selected replies
 are averaged with Flower's arithmetic (:func:`weighted_average`).
 
-One change to Flower's rule: integer arrays are left out of the distances, as
-every flowerbed defence leaves them out of its geometry. Flower counts them,
-and BatchNorm's ``num_batches_tracked`` counters grow by the number of local
-steps: from clients that send their whole ``state_dict`` in the bench federation
+One change to Flower's rule: only the learned weights enter the distances, as in
+every flowerbed defence's geometry (Blanchard et al. define Krum on the gradients,
+i.e. the parameters); BatchNorm's running statistics and integer counters are left
+out. Flower counts them. The running statistics moved more than the weights in a
+benign round of the ``cnn`` (~70% of the squared update norm), and the counters
+grow by the number of local steps: from clients that send their whole ``state_dict`` in the bench federation
 (``cnn``, four BatchNorm layers, 6 to 28 local steps a round) two honest
 clients' counters would differ by up to 22 per layer, a squared distance of up
 to ~1,900 against ~2 for their weights: Krum would rank clients by how much data
@@ -32,16 +34,18 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from scipy.linalg import blas
 
+from flowerbed.platform.arrays import is_learned
+
 from .coordinatewise import all_float32, client_columns, flat_views, reply_arrays, weighted_average
 
 
 def squared_distances(records: Sequence[ArrayRecord], keys: Iterable[str]) -> np.ndarray:
-    """Squared Euclidean distances between the models' floating-point arrays (integer ones left out), float64 ``(n, n)``."""
+    """Squared Euclidean distances between the models' learned weights (statistics and counters left out), float64 ``(n, n)``."""
     num_clients = len(records)
     upper = np.zeros((num_clients, num_clients))  # upper triangle of the Gram matrix of the models minus model 0
     for key in keys:
         views, _ = flat_views(records, key)
-        if views[0].dtype.kind != "f":
+        if not is_learned(key, views[0].dtype):
             continue
         if all_float32(views):
             for _, columns in client_columns(views, minus=views[0]):  # (coordinates, clients)

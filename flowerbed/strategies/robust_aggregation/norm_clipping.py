@@ -56,10 +56,10 @@ class NormClipping(UpdateDefence):
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         return norm_clipping_aggregate(
-            batch.floating,
+            batch.learned,
             batch.example_weights,
             norm_bound=self.params.norm_bound,
             noise_std=self.params.noise_std,
             generator=self.round_generator(server_round),
-            norms=batch.floating_norms,
+            norms=batch.learned_norms,
         )

@@ -63,7 +63,7 @@ class Rfa(UpdateDefence):
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         median, betas = geometric_median(
-            batch.floating,
+            batch.learned,
             batch.num_examples,
             max_iterations=self.params.max_iterations,
             smoothing=self.params.smoothing,

@@ -65,6 +65,6 @@ class RobustLearningRate(UpdateDefence):
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         result, self.last_flipped_fraction = rlr_aggregate(
-            batch.floating, batch.example_weights, threshold=self.params.threshold, server_lr=self.params.server_lr
+            batch.learned, batch.example_weights, threshold=self.params.threshold, server_lr=self.params.server_lr
         )
         return result
