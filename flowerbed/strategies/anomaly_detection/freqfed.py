@@ -8,6 +8,12 @@ Mitigating Poisoning Attacks in Federated Learning", arXiv 2312.04432).
 3. Cluster the clients' low-frequency vectors by cosine distance with HDBSCAN
    (``min_cluster_size = n/2 + 1``) and keep the majority cluster.
 4. FedAvg the kept clients' updates.
+
+The paper transforms the local models' weights; this takes the DCT of the updates (local
+model minus the global model, learned weights only), as FLAME's clustering here does: the
+DCT is linear, so the two differ by the global model's own spectrum, which every client
+shares (between whole models every cosine distance is close to 0 and differs only through
+the updates; between updates it measures the updates alone).
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 in Byzantium"): select n - 2f clients with Multi-Krum, then average, per coordinate, the
 n - 4f values closest to the median. Flower's rule, computed with the block-wise Multi-Krum
 selection of :mod:`.krum_selection` and the sorted-coordinate kernel of
-:mod:`.coordinatewise`; this subclass reports the clients the Multi-Krum step dropped."""
+:mod:`.coordinatewise`; this subclass reports the clients the Multi-Krum step dropped.
+Flower scores all clients once and keeps the n - 2f best; the paper applies Krum
+recursively (pick one, remove it, re-score the rest), which can keep another set when
+attackers collude."""
 
 from __future__ import annotations
 
