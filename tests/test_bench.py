@@ -227,6 +227,37 @@ def test_existing_results_made_with_another_config_are_an_error(finished, tmp_pa
         run_grid(read_grid(grid_path), copy, runner=refuse)
 
 
+def test_rerun_sets_the_matching_cells_aside_and_runs_them_again(finished, tmp_path, cache_dir):
+    grid_path, out, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    old_run = next(p for p in (copy / "cells" / "badnets__median__seed0").iterdir() if p.is_dir())
+    untouched = snapshot(copy / "cells" / "none__fedavg__seed0")
+    attempted = []
+
+    def record(config, quiet):
+        attempted.append((config.experiment, config.lr))
+        raise RuntimeError("stop here")
+
+    with pytest.raises(ConfigError, match="--rerun defence=krum: not in the grid"):
+        run_grid(read_grid(grid_path), copy, runner=refuse, rerun="defence=krum")  # a bad filter moves nothing
+    counts = run_grid(read_grid(grid_path), copy, runner=record, rerun="defence=median", only="defence=median")
+    assert counts == {"skipped": 0, "done": 0, "failed": 2}
+    assert [name for name, _ in attempted] == ["none__median__seed0", "badnets__median__seed0"]
+    (aside,) = (copy / "superseded").iterdir()
+    assert sorted(p.name for p in aside.iterdir()) == ["badnets__median__seed0", "none__median__seed0"]
+    assert (aside / "badnets__median__seed0" / old_run.name / "summary.json").is_file()  # kept, readable
+    assert snapshot(copy / "cells" / "none__fedavg__seed0") == untouched  # outside the filter
+
+    # A changed config makes every existing run an error; --rerun over them sets them aside instead.
+    changed = read_grid(write_grid(tmp_path, cache_dir, GRID_TOML.replace("num-clients = 3", "num-clients = 3\nlr = 0.05")))
+    with pytest.raises(ConfigError, match="--rerun attack=none,defence=fedavg,seed=0"):
+        run_grid(changed, copy, runner=refuse)
+    attempted.clear()
+    run_grid(changed, copy, runner=record, rerun="defence=fedavg", only="attack=badnets,defence=fedavg")
+    assert attempted == [("badnets__fedavg__seed0", 0.05)]
+
+
 @pytest.mark.parametrize(
     ("extra", "named"),
     [

@@ -3,6 +3,7 @@
     flowerbed bench experiments/bench-dmba.toml                 # run (or resume) the whole grid
     flowerbed bench experiments/bench-dmba.toml --dry-run       # list the cells and their state
     flowerbed bench experiments/bench-dmba.toml --only attack=dmba,badnets,defence=krum
+    flowerbed bench experiments/bench-dmba.toml --rerun defence=flame --only defence=flame   # redo finished cells
     flowerbed bench --report bench-results/bench-dmba           # re-make tables and plots only
 
 The grid file (TOML)::
@@ -33,7 +34,10 @@ checkpoint but no summary is resumed (``resume`` key); a cell whose last attempt
 raised is recorded as failed (``cell.json``, ``error.txt``) and retried on the
 next invocation. Existing runs made with a different config are an error
 (never silently mixed into the tables). Every cell's config is validated before
-anything runs.
+anything runs. ``--rerun FILTER`` (the ``--only`` syntax) sets the matching cells'
+folders aside under ``<out>/superseded/<time>/`` first, so they run again — after a
+code change the config comparison cannot see, or to replace a run with a different
+config; the run itself covers the ``--only`` selection (all cells without it).
 
 Outputs in ``<out>`` are made from the run folders' files only (summary.json,
 metrics.jsonl), never from memory: ``results.csv`` (one row per cell),
@@ -71,6 +75,7 @@ from flowerbed.platform.bench_cells import (
     inspect_cell,
     read_cell_record,
     stale_keys,
+    supersede_cells,
 )
 from flowerbed.platform.bench_grid import NO_ATTACK, Cell, Grid, read_grid, select_cells
 from flowerbed.platform.bench_pretraining import (
@@ -93,10 +98,13 @@ class PlannedCell:
     state: CellState
 
 
-def plan_grid(grid: Grid, out: Path, only: str | None = None) -> tuple[list[PlannedCell], list[PlannedCell]]:
+def plan_grid(
+    grid: Grid, out: Path, only: str | None = None, set_aside: frozenset[str] = frozenset()
+) -> tuple[list[PlannedCell], list[PlannedCell]]:
     """Validate every cell of the grid (all of them, also those ``--only`` leaves out) and check
     existing runs against it. Return (every cell, the selected cells); raise :class:`ConfigError`
-    listing every problem (a problem shared by several cells is listed once, with its cells)."""
+    listing every problem (a problem shared by several cells is listed once, with its cells).
+    Cells named in ``set_aside`` are planned as pending, whatever their folders hold (``--rerun``)."""
     from flowerbed.platform.registry import WORKLOADS
     from flowerbed.platform.roles import build_attack_plan
     from flowerbed.platform.server_app import build_strategy
@@ -128,7 +136,7 @@ def plan_grid(grid: Grid, out: Path, only: str | None = None) -> tuple[list[Plan
             for problem in error.problems if isinstance(error, ConfigError) else [str(error)]:
                 problems.setdefault(problem, []).append(cell.name)
             continue
-        state = inspect_cell(cell_dir)
+        state = CellState(cell_dir) if cell.name in set_aside else inspect_cell(cell_dir)
         existing = state.done or state.partial
         if existing is not None:
             saved = json.loads((existing / CONFIG).read_text())
@@ -139,7 +147,8 @@ def plan_grid(grid: Grid, out: Path, only: str | None = None) -> tuple[list[Plan
             if changed:
                 problem = (
                     f"cell {cell.name}: the existing run {existing} was made with a different config "
-                    f"(keys {', '.join(changed)}); delete {cell_dir} to rerun it, or give another --out"
+                    f"(keys {', '.join(changed)}); run it again with --rerun attack={cell.attack},"
+                    f"defence={cell.defence},seed={cell.seed} (the old folder is set aside), or give another --out"
                 )
                 problems.setdefault(problem, []).append(cell.name)
                 continue
@@ -212,8 +221,11 @@ def run_grid(
     runner: Runner = simulate,
     verbose: bool = False,
     console=None,
+    rerun: str | None = None,
 ) -> dict[str, int]:
     """Validate the grid, run every selected cell that is not done, then write the report.
+
+    ``rerun``: a filter of cells whose existing folders are set aside first, so they run again.
 
     Returns counts: ``{"skipped": ..., "done": ..., "failed": ...}`` for the selected cells.
     """
@@ -222,7 +234,11 @@ def run_grid(
 
     console = console or Console(highlight=False)
     out = Path(out).expanduser().resolve()
-    _, selected = plan_grid(grid, out, only)  # raises before anything is written or run
+    rerun_names = frozenset(cell.name for cell in select_cells(grid.cells(), rerun, grid, "--rerun")) if rerun else frozenset()
+    _, selected = plan_grid(grid, out, only, set_aside=rerun_names)  # raises before anything is moved, written or run
+    if rerun_names:
+        target, moved = supersede_cells(out, sorted(rerun_names))  # moved, never deleted
+        console.print(f"--rerun: {len(moved)} cell folder(s) set aside in {target}" if moved else "--rerun: no cell had run yet")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MANIFEST, grid.manifest())
 
@@ -326,6 +342,8 @@ def _command_bench(args: argparse.Namespace) -> int:
     grid = read_grid(args.grid)
     out = Path(args.out) if args.out else default_out(grid)
     if args.dry_run:
+        if args.rerun:
+            raise ConfigError(["--rerun moves finished cells aside; it does nothing with --dry-run"])
         planned, selected = plan_grid(grid, out, args.only)
         table = Table(title=f"bench {grid.name}: {len(selected)} of {len(planned)} cells (output {out})")
         table.add_column("cell", no_wrap=True)
@@ -342,7 +360,7 @@ def _command_bench(args: argparse.Namespace) -> int:
             )
         console.print(table)
         return 0
-    counts = run_grid(grid, out, only=args.only, verbose=args.verbose, console=console)
+    counts = run_grid(grid, out, only=args.only, verbose=args.verbose, console=console, rerun=args.rerun)
     return 1 if counts["failed"] else 0
 
 
@@ -363,6 +381,11 @@ def add_bench_command(commands) -> None:
     bench.add_argument("grid", nargs="?", help="grid TOML file (see experiments/bench-*.toml)")
     bench.add_argument("--out", help="output folder (default: bench-results/<grid name>)")
     bench.add_argument("--only", metavar="FILTER", help="run only some cells: attack=a,b,defence=c,seed=0")
+    bench.add_argument(
+        "--rerun",
+        metavar="FILTER",
+        help="set the matching cells' folders aside (<out>/superseded/<time>/) so they run again; same syntax as --only",
+    )
     bench.add_argument("--dry-run", action="store_true", help="validate the grid and list its cells; run nothing")
     bench.add_argument("--report", metavar="OUT", help="re-make results.csv/.md and the figures of OUT; run nothing")
     bench.add_argument("--verbose", action="store_true", help="print every round of every cell")

@@ -4,11 +4,13 @@
 run folders, ``cell.json`` (the bench's record of its last attempt) and
 ``error.txt`` (the traceback when that attempt raised). A cell is done, interrupted
 (a run folder with a checkpoint to resume), failed or pending (:class:`CellState`).
+``<out>/superseded/<time>/<cell>/`` keeps cells set aside to be run again (``--rerun``).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ MANIFEST = "grid.json"
 CELL_RECORD = "cell.json"
 ERROR_LOG = "error.txt"
 CELLS = "cells"
+SUPERSEDED = "superseded"
 
 
 @dataclass
@@ -47,6 +50,23 @@ class CellState:
 
 def cell_dir_of(out: Path, cell_name: str) -> Path:
     return Path(out) / CELLS / cell_name
+
+
+def supersede_cells(out: Path, cell_names: list[str]) -> tuple[Path, list[str]]:
+    """Move the folders of ``cell_names`` (those that exist) to ``<out>/superseded/<UTC time>/``.
+
+    Nothing is deleted: the old runs stay readable there, and the cells are pending again.
+    Returns that folder and the names moved.
+    """
+    target = Path(out) / SUPERSEDED / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    moved = []
+    for name in cell_names:
+        cell_dir = cell_dir_of(out, name)
+        if cell_dir.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            cell_dir.rename(target / name)
+            moved.append(name)
+    return target, moved
 
 
 def run_folders(cell_dir: Path) -> list[Path]:

@@ -195,8 +195,11 @@ def _controlled_keys(keys: dict[str, Any], where: str, pretrain_rounds: int = 0)
     ]
 
 
-def select_cells(cells: list[Cell], only: str | None, grid: Grid) -> list[Cell]:
-    """Filter cells by ``attack=a,b,defence=c,seed=0``: a bare item adds a value to the previous key."""
+def select_cells(cells: list[Cell], only: str | None, grid: Grid, option: str = "--only") -> list[Cell]:
+    """Filter cells by ``attack=a,b,defence=c,seed=0``: a bare item adds a value to the previous key.
+
+    ``option`` names the command-line option the filter came from, in error messages.
+    """
     if not only:
         return cells
     wanted: dict[str, set[str]] = {}
@@ -207,15 +210,15 @@ def select_cells(cells: list[Cell], only: str | None, grid: Grid) -> list[Cell]:
         if "=" in item:
             key, value = (part.strip() for part in item.split("=", 1))
             if key not in ("attack", "defence", "seed"):
-                raise ConfigError([f"--only: unknown key '{key}' (use attack=, defence=, seed=)"])
+                raise ConfigError([f"{option}: unknown key '{key}' (use attack=, defence=, seed=)"])
         elif key is None:
-            raise ConfigError([f"--only '{only}': expected key=value items (attack=..., defence=..., seed=...)"])
+            raise ConfigError([f"{option} '{only}': expected key=value items (attack=..., defence=..., seed=...)"])
         else:
             value = item
         wanted.setdefault(key, set()).add(value)
     known = {"attack": set(grid.attacks), "defence": set(grid.defences), "seed": {str(s) for s in grid.seeds}}
     problems = [
-        f"--only {key}={value}: not in the grid (grid has: {', '.join(sorted(known[key]))})"
+        f"{option} {key}={value}: not in the grid (grid has: {', '.join(sorted(known[key]))})"
         for key, values in wanted.items()
         for value in sorted(values - known[key])
     ]
