@@ -6,9 +6,10 @@ in the flat vector and are what every defence measures and aggregates (the
 papers define their rules on model parameters); BatchNorm's running statistics
 and integer counters (``num_batches_tracked``) form a tail the defences leave
 alone: it moves by the accepted clients' example-weighted mean (counters rounded
-back). For the ``cnn`` model the running statistics moved more than the weights in
-a benign round (~70% of the squared update norm), so measuring them would make
-norms, distances and cosines mostly about BatchNorm statistics. Distances and cosine similarities
+back). For the ``cnn`` model the running statistics move more than the weights in
+a benign round (57% of the squared update norm over 20 clients of the bench
+federation), so measuring them would make norms, distances and cosines mostly
+about BatchNorm statistics. Distances and cosine similarities
 come from one Gram matrix, so pairwise work is a single matrix product.
 Each row's norm (over the learned weights) is taken while the row is written, and the
 matrix itself can live in an :class:`UpdateMatrixBuffer` kept across rounds.
