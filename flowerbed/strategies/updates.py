@@ -7,8 +7,8 @@ papers define their rules on model parameters); BatchNorm's running statistics
 and integer counters (``num_batches_tracked``) form a tail the defences leave
 alone: it moves by the accepted clients' example-weighted mean (counters rounded
 back). For the ``cnn`` model the running statistics move more than the weights in
-a benign round (57% of the squared update norm over 20 clients of the bench
-federation), so measuring them would make norms, distances and cosines mostly
+a benign round (56% of the squared update norm over the 20 clients of the bench
+federation, ``benchmarks/update_geometry.py``), so measuring them would make norms, distances and cosines mostly
 about BatchNorm statistics. Distances and cosine similarities
 come from one Gram matrix, so pairwise work is a single matrix product.
 Each row's norm (over the learned weights) is taken while the row is written, and the

@@ -16,7 +16,7 @@ One change to Flower's rule: only the learned weights enter the distances, as in
 every flowerbed defence's geometry (Blanchard et al. define Krum on the gradients,
 i.e. the parameters); BatchNorm's running statistics and integer counters are left
 out. Flower counts them. The running statistics move more than the weights in a
-benign round of the ``cnn`` (57% of the squared update norm), and the counters
+benign round of the ``cnn`` (56% of the squared update norm), and the counters
 grow by the number of local steps: from clients that send their whole ``state_dict`` in the bench federation
 (``cnn``, four BatchNorm layers, 6 to 28 local steps a round) two honest
 clients' counters would differ by up to 22 per layer, a squared distance of up
