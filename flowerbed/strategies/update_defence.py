@@ -28,7 +28,7 @@ from .updates import UpdateBatch, UpdateMatrixBuffer
 class Aggregation:
     """A defence's decision for one round.
 
-    update: aggregated update of the floating-point coordinates, shape ``(batch.layout.num_learned,)``.
+    update: aggregated update of the learned weights, shape ``(batch.layout.num_learned,)``.
     accepted: bool ``(clients,)``: whose update entered the aggregate (the others are reported as flagged).
     weights: ``(clients,)`` weight each client received, for down-weighting defences (else None).
     """
