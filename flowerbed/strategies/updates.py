@@ -8,11 +8,12 @@ and integer counters (``num_batches_tracked``) form a tail the defences leave
 alone: it moves by the accepted clients' example-weighted mean (counters rounded
 back). For the ``cnn`` model the running statistics move more than the weights in
 a benign round (56% of the squared update norm over the 20 clients of the bench
-federation, ``benchmarks/update_geometry.py``), so measuring them would make norms, distances and cosines mostly
-about BatchNorm statistics. Distances and cosine similarities
-come from one Gram matrix, so pairwise work is a single matrix product.
-Each row's norm (over the learned weights) is taken while the row is written, and the
-matrix itself can live in an :class:`UpdateMatrixBuffer` kept across rounds.
+federation, ``benchmarks/update_geometry.py``), so measuring them would make
+norms, distances and cosines mostly about BatchNorm statistics. Distances and
+cosine similarities come from one Gram matrix, so pairwise work is a single
+matrix product. Each row's norm (over the learned weights) is taken while the
+row is written, and the matrix itself can live in an
+:class:`UpdateMatrixBuffer` kept across rounds.
 """
 
 from __future__ import annotations

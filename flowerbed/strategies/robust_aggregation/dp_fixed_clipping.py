@@ -7,8 +7,8 @@ FedAvg; the noise is drawn from a generator seeded by (run seed, round).
 One change to Flower's wrapper: the clipping norm is measured on the learned weights
 only, and only they are clipped and noised, as in every other flowerbed defence
 (BatchNorm's running statistics are averaged, integer counters left alone; Gaussian
-noise on a running variance can make it negative). Flower clips the difference of every array, and BatchNorm's
-``num_batches_tracked`` counters grow by the number of local steps: from a client that
+noise on a running variance can make it negative). Flower clips the difference of
+every array, and BatchNorm's ``num_batches_tracked`` counters grow by the number of local steps: from a client that
 sends its whole ``state_dict`` (Flower's example apps do) with the ``cnn`` (four
 BatchNorm layers, 16 steps a round) Flower measures 32 for an update whose weights
 moved by 0.63, so S = 1.5 would scale it by 0.05 — a learning-rate cut, not the

@@ -17,10 +17,10 @@ every flowerbed defence's geometry (Blanchard et al. define Krum on the gradient
 i.e. the parameters); BatchNorm's running statistics and integer counters are left
 out. Flower counts them. The running statistics move more than the weights in a
 benign round of the ``cnn`` (56% of the squared update norm), and the counters
-grow by the number of local steps: from clients that send their whole ``state_dict`` in the bench federation
-(``cnn``, four BatchNorm layers, 6 to 28 local steps a round) two honest
-clients' counters would differ by up to 22 per layer, a squared distance of up
-to ~1,900 against ~2 for their weights: Krum would rank clients by how much data
+grow by the number of local steps: from clients that send their whole
+``state_dict`` in the bench federation (``cnn``, four BatchNorm layers, 6 to 28
+local steps a round) two honest clients' counters would differ by up to 22 per
+layer, a squared distance of up to ~1,900 against ~2 for their weights: Krum would rank clients by how much data
 they have, and catch an attacker by its extra poison epochs (a counter any
 attacker can reset) rather than by what its update does. (flowerbed's own
 clients send the counters back unchanged, so its runs never hit this.)
