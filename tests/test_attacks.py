@@ -189,6 +189,17 @@ def test_model_replacement_bounded_variant_clips_to_max_norm():
     assert torch.allclose(loose["b"], 2.0 * update["b"])
 
 
+def test_model_replacement_bounds_the_learned_weights_norm_and_scales_statistics_alike():
+    # BatchNorm statistics move far more than the weights; the bound, like every defence's
+    # norm, is on the learned weights only, and the statistics are scaled by the same factor.
+    update = {"0.weight": torch.randn(4, 3), "1.running_var": 100 * torch.randn(4), "1.running_mean": torch.randn(4)}
+    learned_norm = total_norm({"0.weight": update["0.weight"]}).item()
+    bounded = make_attack("model-replacement", {"boost": 10.0, "max-norm": 2 * learned_norm}).craft(update, {})
+    assert total_norm({"0.weight": bounded["0.weight"]}).item() == pytest.approx(2 * learned_norm, rel=1e-5)
+    for name in update:
+        assert torch.allclose(bounded[name], 2.0 * update[name], rtol=1e-4)
+
+
 # --- Neurotoxin -----------------------------------------------------------------------------
 
 
@@ -198,9 +209,14 @@ def test_neurotoxin_masks_top_k_coordinates_of_the_last_global_update():
     attack = make_attack("neurotoxin", {"mask-ratio": 0.25})
     memory: dict[str, torch.Tensor] = {}
     previous = {k: v.clone() for k, v in model.state_dict().items()}
+    # First active round: no previous global model, so the mask comes from the benign reference
+    # update the platform hands in (tests/test_neurotoxin.py); it used to be no mask at all.
+    assert attack.wants_benign_update(memory)
+    attack.on_benign_update({"weight": torch.ones(2, 10), "bias": torch.zeros(2)}, memory)
     attack.on_train_start(model, previous, memory)
-    assert attack.masks is None, "no previous global model: no mask"
+    assert attack.masks is not None
     assert set(memory) == {MEMORY_PREFIX + "weight", MEMORY_PREFIX + "bias"}
+    assert not attack.wants_benign_update(memory)
 
     change = {"weight": torch.zeros(2, 10), "bias": torch.zeros(2)}
     change["weight"][0, :4] = torch.tensor([5.0, -4.0, 3.0, -2.5])

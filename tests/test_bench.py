@@ -94,6 +94,11 @@ def summary_of(out: Path, cell: str) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def clean_accuracies_of(out: Path, cell: str) -> list[float]:
+    (run_dir,) = [p for p in (out / "cells" / cell).iterdir() if (p / "summary.json").is_file()]
+    return [json.loads(line)["clean_acc"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_every_cell_ran_once_in_its_own_folder(finished):
     _, out, runner = finished
     assert sorted(runner.cells) == sorted(CELLS)
@@ -117,6 +122,7 @@ def test_results_csv_has_one_row_per_cell_with_values_from_the_run_folders(finis
         assert row["status"] == "done"
         assert row["rounds_completed"] == "2" and row["rounds_planned"] == "2"
         assert float(row["clean_acc"]) == summary["final"]["clean_acc"]
+        assert float(row["clean_acc_min"]) == min(clean_accuracies_of(out, row["cell"]))
         if row["attack"] == "badnets":
             assert float(row["badnets-0.final_asr"]) == summary["backdoors"]["badnets-0"]["final_asr"]
             assert float(row["asr_final_mean"]) == summary["backdoors"]["badnets-0"]["final_asr"]
@@ -142,6 +148,7 @@ def test_results_md_and_figures(finished):
     overview = next(line for line in text.splitlines() if line.startswith("| badnets | median |"))
     columns = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in overview.split("|")]))
     assert columns["clean acc"] == f"{summary['final']['clean_acc']:.3f}"
+    assert columns["min clean acc"] == f"{min(clean_accuracies_of(out, 'badnets__median__seed0')):.3f}"
     assert columns["final ASR"] == f"{summary['backdoors']['badnets-0']['final_asr']:.3f}"
     assert columns["max ASR"] == f"{summary['backdoors']['badnets-0']['max_asr']:.3f}"
     assert any(line.startswith("| badnets | fedavg | badnets-0 |") for line in text.splitlines())
@@ -224,6 +231,21 @@ def test_existing_results_made_with_another_config_are_an_error(finished, tmp_pa
     shutil.copytree(out, copy)
     grid_path = write_grid(tmp_path, cache_dir, GRID_TOML.replace("num-clients = 3", "num-clients = 3\nlr = 0.05"))
     with pytest.raises(ConfigError, match=r"different config \(keys lr\)"):
+        run_grid(read_grid(grid_path), copy, runner=refuse)
+
+
+def test_a_cell_run_under_another_default_of_its_plugins_is_an_error(finished, tmp_path):
+    # config.json writes out the parameters of the plugins a run uses; a cell made when the
+    # patch trigger's default size was 4 is stale once the default is 3, though the grid sets neither.
+    grid_path, out, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (run_dir,) = [p for p in (copy / "cells" / "badnets__median__seed0").iterdir() if (p / "config.json").is_file()]
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["trigger"]["patch"]["size"] == 3  # the default, written out
+    saved["trigger"]["patch"]["size"] = 4
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"badnets__median__seed0.*different config \(keys trigger.patch.size\)"):
         run_grid(read_grid(grid_path), copy, runner=refuse)
 
 

@@ -180,11 +180,36 @@ def test_a_key_added_later_counts_as_its_default_in_a_saved_config(tmp_path):
     del older["plugins"]  # as written before the key existed
     assert config_differences(older, current.to_json_dict()) == []
     assert config_differences(older, parse_run_config({"plugins": "json"}).to_json_dict())[:2] == ["lr", "plugins"]
-    # A plugin key one side lacks is compared with nothing (not a default), so a dropped
-    # defence parameter is still a difference.
+    # A plugin key one side lacks counts as the plugin's default (Krum: f = 1), so dropping a
+    # defence parameter set to another value is a difference, and dropping one at its default is not.
     assert config_differences(older, {**older, "strategy": {"name": "krum"}}) == ["strategy.krum.num-malicious"]
+    at_default = parse_run_config({"strategy.name": "krum", "strategy.krum.num-malicious": 1}).to_json_dict()
+    assert config_differences(at_default, {**at_default, "strategy": {"name": "krum"}}) == []
 
     (tmp_path / "config.json").write_text(json.dumps(older))
     assert check_resume(parse_run_config({**current.to_flat(), "resume": str(tmp_path)})) == tmp_path.resolve()
     with pytest.raises(ConfigError, match="differs from the saved run in lr"):
         check_resume(parse_run_config({**current.to_flat(), "lr": 0.1, "resume": str(tmp_path)}))
+
+
+def test_run_folders_save_the_parameters_of_the_plugins_they_use_so_a_changed_default_is_caught():
+    from flowerbed.platform.config import config_differences
+
+    config = parse_run_config(
+        {"strategy.name": "krum", "attack.num-attackers": 3, "attack.name": "dba", "trigger.dba.gap": 1}
+    )
+    resolved = config.resolved_json_dict()
+    assert resolved["strategy"]["krum"] == {"num-malicious": 1}  # the default, written out
+    assert resolved["trigger"]["dba"]["gap"] == 1 and resolved["trigger"]["dba"]["piece-width"] == 6
+    assert resolved["attack"]["dba"]["poison-epochs"] == config.plugin_params("attack", "dba").poison_epochs
+    assert "patch" not in resolved.get("trigger", {}) and "median" not in resolved["strategy"]  # plugins not in use
+    assert parse_run_config(resolved).resolved_json_dict() == resolved  # a saved config.json parses back to itself
+    # A run saved when DBA's pieces were 4 px wide differs from today's defaults in that key;
+    # one saved before plugin parameters were written out counts as today's defaults.
+    older_default = {**resolved, "trigger": {"dba": {**resolved["trigger"]["dba"], "piece-width": 4}}}
+    assert config_differences(older_default, resolved) == ["trigger.dba.piece-width"]
+    assert config_differences(config.to_json_dict(), resolved) == []
+    # The trigger in use is each attack's default unless attack.trigger names one.
+    assert parse_run_config({"attack.num-attackers": 1, "attack.name": "badnets"}).plugins_in_use("trigger") == ["patch"]
+    named = parse_run_config({"attack.num-attackers": 2, "attack.name": "badnets", "attack.trigger": "blend,dba"})
+    assert named.plugins_in_use("trigger") == ["blend", "dba"]

@@ -51,7 +51,7 @@ def test_run_folder_holds_every_file_with_consistent_contents(reference):
         assert (run_dir / name).is_file(), name
     assert run_dir.name.startswith("reference-")
     config = json.loads((run_dir / "config.json").read_text())
-    assert config == parse_run_config(flat).to_json_dict()
+    assert config == parse_run_config(flat).resolved_json_dict()
     environment = json.loads((run_dir / "environment.json").read_text())
     assert environment["flowerbed"] == flowerbed.__version__
     assert torch.__version__.startswith(environment["packages"]["torch"])

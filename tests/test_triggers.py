@@ -183,11 +183,12 @@ def test_dba_default_layout_matches_paper_and_pieces_partition_global():
     count = 4
     locals_ = [DBATrigger(index=i, count=count, image_shape=SHAPE) for i in range(count)]
     changed = [(t.apply(grey()) != grey()).any(dim=(0, 1)) for t in locals_]
-    # DBA CIFAR layout: 1x4 bars at rows 0 and 3, columns 0-3 and 6-9.
-    expected_boxes = [(0, 0), (0, 6), (3, 0), (3, 6)]
+    # The authors' CIFAR layout (AI-secure/DBA utils/cifar_params.yaml, 0_poison_pattern ..
+    # 3_poison_pattern): 1x6 bars at rows 0 and 4, columns 0-5 and 9-14.
+    expected_boxes = [(0, 0), (0, 9), (4, 0), (4, 9)]
     for piece, (row, col) in zip(changed, expected_boxes, strict=True):
         box = torch.zeros(32, 32, dtype=torch.bool)
-        box[row, col : col + 4] = True
+        box[row, col : col + 6] = True
         assert torch.equal(piece, box)
     global_trigger = dba_global_trigger(None, count, SHAPE, seed=0)
     assert global_trigger.is_global

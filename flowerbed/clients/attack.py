@@ -3,6 +3,10 @@
 An attacker is a benign client plus an :class:`Attack`. The platform's
 training loop calls, per round in which the attacker is active:
 
+0. ``wants_benign_update(memory)``: if True, the platform first trains a
+   copy of the global model on this client's clean data exactly as a benign
+   client would (no poisoning, no gradient hook) and hands the update to
+   ``on_benign_update(update, memory)`` (e.g. Neurotoxin's mask source);
 1. ``on_train_start(model, global_state, memory)`` once, after the global
    weights are loaded;
 2. ``poison(x, y, generator)`` on every training batch (data poisoning);
@@ -115,6 +119,25 @@ class Attack(ABC):
         x, y = x.clone(), y.clone()
         stamp(x, y, chosen, self.backdoor)
         return x, y
+
+    def wants_benign_update(self, memory: dict[str, Tensor]) -> bool:
+        """Whether this round needs a benign reference update (see :meth:`on_benign_update`).
+
+        Asked once per active round, before :meth:`on_train_start` (so ``memory`` is as
+        the previous active round left it). Default False: no extra training.
+        """
+        return False
+
+    def on_benign_update(self, update: dict[str, Tensor], memory: dict[str, Tensor]) -> None:
+        """Receive the benign reference update, when :meth:`wants_benign_update` said True.
+
+        ``update`` is ``trained - global`` over the model's trainable parameters
+        (``named_parameters()`` with ``requires_grad``), where ``trained`` is a copy of
+        the global model trained on this client's clean data with the benign settings
+        (the run's local epochs and learning rate, no :meth:`train_overrides`, no
+        :meth:`poison`, no :meth:`after_backward`) and its own seeded generator: what
+        this client would send if it were honest. Called before :meth:`on_train_start`.
+        """
 
     def on_train_start(self, model: nn.Module, global_state: dict[str, Tensor], memory: dict[str, Tensor]) -> None:
         """Called once per active round before local training; ``memory`` persists across rounds."""

@@ -143,7 +143,7 @@ def plan_grid(
             # With pre-training, model.init is this out folder's own pre-trained weights (checked
             # against the base config by check_existing); its absolute path changes if the folder moves.
             bench_controlled = ("model.init",) if grid.pretrain_rounds else ()
-            changed = stale_keys(saved, config.to_json_dict(), ignore=bench_controlled)
+            changed = stale_keys(saved, config.resolved_json_dict(), ignore=bench_controlled)
             if changed:
                 problem = (
                     f"cell {cell.name}: the existing run {existing} was made with a different config "

@@ -61,7 +61,7 @@ def check_existing(config: RunConfig, seed: int, out: Path) -> None:
     existing = state.done or state.partial
     if existing is None:
         return
-    changed = stale_keys(json.loads((existing / CONFIG).read_text()), config.to_json_dict())
+    changed = stale_keys(json.loads((existing / CONFIG).read_text()), config.resolved_json_dict())
     if changed:
         raise ConfigError(
             [

@@ -45,6 +45,7 @@ BASE_COLUMNS = (
     "rounds_completed",
     "rounds_planned",
     "clean_acc",
+    "clean_acc_min",
     "best_clean_acc",
     "asr_final_mean",
     "asr_max_mean",
@@ -93,8 +94,13 @@ def cell_row(entry: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
     detection = summary.get("detection", {})
     for key in ("precision", "recall", "fpr"):
         row[f"detection_{key}"] = detection.get(key, "")
+    metrics = read_metrics(run_dir)
+    # The worst round: a rule that lets one client steer the model (Krum, FLTrust) can end on a
+    # good round after rounds near chance, which the final accuracy alone would hide.
+    clean = [record["clean_acc"] for record in metrics if isinstance(record.get("clean_acc"), (int, float))]
+    row["clean_acc_min"] = min(clean) if clean else ""
     # From metrics.jsonl, so cells finished before summaries carried it have it too.
-    relative_weight = attacker_relative_weight(read_metrics(run_dir))
+    relative_weight = attacker_relative_weight(metrics)
     row["attacker_relative_weight"] = "" if relative_weight is None else relative_weight
     norms = summary.get("update_norms", {})  # medians over the run (absent in runs made before they were recorded)
     row["update_norm_benign"] = norms.get("benign_median", "")
@@ -107,9 +113,11 @@ def cell_row(entry: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
         ("asr_plus_10_mean", "asr_plus_10"),
         ("asr_plus_30_mean", "asr_plus_30"),
     ):
-        values = [scores[fieldname] for scores in backdoors.values() if isinstance(scores.get(fieldname), (int, float))]
+        # A piece of a combined backdoor (a DBA attacker's local trigger) is not a backdoor of its own.
+        whole = [scores for scores in backdoors.values() if not scores.get("part_of")]
+        values = [scores[fieldname] for scores in whole if isinstance(scores.get(fieldname), (int, float))]
         # The mean over backdoors only when every backdoor has the value (no mean of a subset).
-        row[column] = float(sum(values) / len(values)) if values and len(values) == len(backdoors) else ""
+        row[column] = float(sum(values) / len(values)) if values and len(values) == len(whole) else ""
     return row
 
 
@@ -199,8 +207,10 @@ def _groups(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> list[tuple[
 EXPLANATION = (
     "Made by `flowerbed bench` from the run folders under `cells/` (summary.json, metrics.jsonl). "
     "Values are mean ± sample standard deviation over the finished seeds (one seed: the value alone; "
-    "`(n/N)`: only n of the N finished seeds have it). ASR is the final-round attack success rate, "
-    "averaged over an attack's backdoors in the overview; *max ASR* is the highest ASR of any round (a "
+    "`(n/N)`: only n of the N finished seeds have it). *Clean acc* is the final round's test accuracy, "
+    "*min clean acc* the lowest of any round (a model that swung to near chance and back ends well). ASR is the final-round attack success rate, "
+    "averaged over an attack's backdoors in the overview (DBA's: its global trigger; the attackers' pieces are in "
+    "the backdoor table); *max ASR* is the highest ASR of any round (a "
     "backdoor that worked during the attack and faded later has a high max ASR); *ASR +10*/*+30* is the ASR 10/30 rounds after a "
     "backdoor's last attack round (— when the run ends sooner). Detection scores are pooled over all "
     "rounds of a run; precision is — when the defence flagged nobody, and all three are — for a "
@@ -240,8 +250,8 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
         "",
         "## Overview",
         "",
-        "| attack | defence | seeds done | clean acc | max ASR | final ASR | ASR +10 | ASR +30 | det. precision | det. recall | det. FPR | attacker weight |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| attack | defence | seeds done | clean acc | min clean acc | max ASR | final ASR | ASR +10 | ASR +30 | det. precision | det. recall | det. FPR | attacker weight |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for attack, defence, members in _groups(rows, manifest):
         done = [r for r in members if r["status"] == "done"]
@@ -252,6 +262,7 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
             defence,
             f"{n}/{len(members)}",
             format_stat([r["clean_acc"] for r in done], n),
+            format_stat([r["clean_acc_min"] for r in done], n),
             format_stat([r["asr_max_mean"] for r in done], n) if has_backdoors else "—",
             format_stat([r["asr_final_mean"] for r in done], n) if has_backdoors else "—",
             format_stat([r["asr_plus_10_mean"] for r in done], n) if has_backdoors else "—",

@@ -8,13 +8,21 @@ benign, or attacker *k* of the attack plan (a benign client plus an Attack).
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from flowerbed.platform.allocator import keep_freed_memory
@@ -96,6 +104,9 @@ def train(msg: Message, context: Context) -> Message:
     if active:
         attack = attacker.attack
         memory = _load_memory(context)
+        if attack.wants_benign_update(memory):  # asked before on_train_start, which may change memory
+            reference = benign_reference_update(runtime.workload, model, dataset, config, context_)
+            attack.on_benign_update(reference, memory)
         overrides = attack.train_overrides()
         context_.local_epochs = int(overrides.get("local-epochs") or context_.local_epochs)
         context_.lr = float(overrides.get("lr") or context_.lr)
@@ -120,6 +131,37 @@ def train(msg: Message, context: Context) -> Message:
     )
     content = RecordDict({"arrays": ArrayRecord(local_state), "metrics": MetricRecord(reply_metrics)})
     return Message(content=content, reply_to=msg)
+
+
+def benign_reference_update(
+    workload: Workload, model: torch.nn.Module, dataset: Any, config: RunConfig, round_context: TrainContext
+) -> dict[str, torch.Tensor]:
+    """What this client would send if it were honest: ``trained - model`` over the trainable
+    parameters, where ``trained`` is a copy of ``model`` (the global model) trained by the
+    workload with the run's benign settings (``local-epochs``, ``lr``, ``batch-size``; no
+    poisoning, no gradient hook) and its own generators, seeded from (run seed,
+    "benign-reference", round, partition id).
+
+    ``model`` is not changed, and torch's global generator (dropout) is forked, so the
+    attacker's own training afterwards draws exactly what it would draw without this.
+    """
+    labels = (round_context.server_round, round_context.partition_id)
+    context = TrainContext(
+        server_round=round_context.server_round,
+        partition_id=round_context.partition_id,
+        num_partitions=round_context.num_partitions,
+        local_epochs=config.local_epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        generator=generator(config.seed, "benign-reference", *labels),
+    )
+    trained = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        seed_torch(config.seed, "benign-reference-torch", *labels)
+        workload.train(trained, dataset, context)
+    start = dict(model.named_parameters())
+    with torch.no_grad():
+        return {name: value - start[name] for name, value in trained.named_parameters() if value.requires_grad}
 
 
 def _load_memory(context: Context) -> dict[str, torch.Tensor]:

@@ -191,6 +191,29 @@ class RunConfig(Section):
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
 
+    def plugins_in_use(self, kind: str) -> list[str]:
+        """Like :meth:`selected_plugins`, with each attacker's trigger resolved to its attack's
+        default where ``attack.trigger`` leaves it empty (distinct names, in attacker order)."""
+        if kind != "trigger" or not self.attack.num_attackers:
+            return list(dict.fromkeys(self.selected_plugins(kind)))
+        count = self.attack.num_attackers
+        names = per_attacker(self.attack.name, count)
+        triggers = per_attacker(self.attack.trigger, count, default="")
+        resolved = [trigger or getattr(ATTACKS.get(name), "default_trigger", "") for name, trigger in zip(names, triggers)]
+        return list(dict.fromkeys(t for t in resolved if t))
+
+    def resolved_json_dict(self) -> dict[str, Any]:
+        """:meth:`to_json_dict` with every parameter of the plugins this run uses written out,
+        defaults included, so that a run folder's ``config.json`` still says what ran after a
+        later version changes a default (resume and ``flowerbed bench`` compare against it)."""
+        data = self.to_json_dict()
+        for kind, registry in _PLUGIN_KINDS.items():
+            for name in self.plugins_in_use(kind):
+                params = self.plugin_params(kind, name).model_dump(by_alias=True, mode="json")
+                if params:
+                    data.setdefault(kind, {}).setdefault(plugin_key(name, registry.get(name)), {}).update(params)
+        return data
+
 
 def plugin_key(name: str, cls: Any) -> str:
     """The key prefix of a plugin's parameters: its registered name, or, for one named by
@@ -243,10 +266,12 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
     """The dotted keys whose values differ between two ``config.json`` contents.
 
-    A key that one side lacks counts as its default there: a config saved before a key
-    existed ran as that key's default does, since keys are only ever added with a default
-    that keeps the old behaviour. So upgrading flowerbed does not strand finished bench
-    cells or runs to resume.
+    A key that one side lacks counts as its current default there (a plugin parameter: its
+    ``Params`` default): a config saved before a key existed ran as that key's default does,
+    since keys are only ever added with a default that keeps the old behaviour. So upgrading
+    flowerbed does not strand finished bench cells or runs to resume. A changed *default* is
+    caught when both sides write their plugins' parameters out
+    (:meth:`RunConfig.resolved_json_dict`, what run folders save).
     """
     saved, current = flatten(saved), flatten(current)
     defaults = flatten(RunConfig().to_json_dict())
@@ -254,9 +279,24 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: I
     missing = object()
 
     def value(config: dict[str, Any], key: str) -> Any:
-        return config[key] if key in config else defaults.get(key, missing)
+        if key in config:
+            return config[key]
+        return defaults[key] if key in defaults else _plugin_default(key, missing)
 
     return sorted(k for k in set(saved) | set(current) if k not in skipped and value(saved, k) != value(current, k))
+
+
+def _plugin_default(key: str, missing: Any) -> Any:
+    """The default of plugin parameter ``<kind>.<plugin>.<param>``, or ``missing`` if unknown."""
+    kind, _, rest = key.partition(".")
+    plugin, _, param = rest.partition(".")
+    if kind not in _PLUGIN_KINDS or not param:
+        return missing
+    try:
+        params = _params_model(_PLUGIN_KINDS[kind].get(plugin))()
+    except Exception:  # noqa: BLE001 - an unknown plugin or one whose parameters have no defaults
+        return missing
+    return flatten(params.model_dump(by_alias=True, mode="json")).get(param, missing)
 
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,13 @@ class Attacker:
     schedule: Schedule
     attack_name: str
     trigger_name: str
+    # Backdoors this attacker implants jointly with others (the assembled DBA trigger).
+    combined: list[Any] = field(default_factory=list)
+
+    @property
+    def backdoors(self) -> list[Any]:
+        """What the server measures for this attacker: the combined backdoors, then its attack's own."""
+        return [*self.combined, *self.attack.backdoors]
 
     def describe(self) -> dict[str, Any]:
         """This attacker's entry in ``attackers.json``."""
@@ -54,7 +61,7 @@ class Attacker:
             "trigger_details": self.attack.backdoor.trigger.describe(),
             "target": self.attack.backdoor.target,
             "source_classes": list(self.attack.backdoor.source_classes),  # [] = every class but the target
-            "backdoors": [backdoor.name for backdoor in self.attack.backdoors],
+            "backdoors": [backdoor.name for backdoor in self.backdoors],
             "poison_fraction": self.attack.poison_fraction,
             "train_overrides": self.attack.train_overrides(),
             "schedule": {"start": self.schedule.start, "end": self.schedule.end, "every": self.schedule.every},
@@ -83,13 +90,13 @@ class AttackPlan:
         """Every backdoor to measure, once each, in attacker order."""
         seen: dict[str, Any] = {}
         for attacker in self.attackers:
-            for backdoor in attacker.attack.backdoors:
+            for backdoor in attacker.backdoors:
                 seen.setdefault(backdoor.name, backdoor)
         return list(seen.values())
 
     def schedule_of(self, backdoor_name: str) -> Schedule | None:
         """The combined attack window of the attackers that implant ``backdoor_name``."""
-        windows = [a.schedule for a in self.attackers if backdoor_name in [b.name for b in a.attack.backdoors]]
+        windows = [a.schedule for a in self.attackers if backdoor_name in [b.name for b in a.backdoors]]
         if not windows:
             return None
         return Schedule(min(w.start for w in windows), max(w.last_round() for w in windows))
@@ -129,11 +136,13 @@ def build_attack_plan(config: RunConfig) -> AttackPlan:
     dataset = DATASETS.get(config.data.name)
     image_shape = tuple(dataset.image_shape)
 
+    combined = _combined_backdoors(config, triggers, targets, image_shape)
     backdoors = []
     for k in range(count):
         same_kind = [j for j in range(count) if triggers[j] == triggers[k]]
         trigger = _build_trigger(config, triggers[k], same_kind.index(k), len(same_kind), image_shape)
-        backdoors.append(_backdoor(f"{names[k].rsplit(':', 1)[-1].lower()}-{k}", trigger, targets[k]))
+        part_of = combined[triggers[k]].name if triggers[k] in combined else ""
+        backdoors.append(_backdoor(f"{names[k].rsplit(':', 1)[-1].lower()}-{k}", trigger, targets[k], part_of))
 
     attackers = []
     for k in range(count):
@@ -154,7 +163,8 @@ def build_attack_plan(config: RunConfig) -> AttackPlan:
                     f" that dataset '{config.data.name}' does not have (classes 0-{dataset.num_classes - 1})"
                 )
                 raise ConfigError([message])
-        attackers.append(Attacker(k, ids[k], attack_object, schedule, names[k], triggers[k]))
+        joint = [combined[triggers[k]]] if triggers[k] in combined else []
+        attackers.append(Attacker(k, ids[k], attack_object, schedule, names[k], triggers[k], joint))
     return AttackPlan(attackers=attackers, participation=attack.participation)
 
 
@@ -174,7 +184,40 @@ def _build_trigger(config: RunConfig, name: str, index: int, count: int, image_s
         raise ConfigError([f"trigger '{name}' (keys 'trigger.{name}.*'): {error}"]) from None
 
 
-def _backdoor(name: str, trigger: Any, target: int):
+def _combined_backdoors(config: RunConfig, triggers: list[str], targets: list[int], image_shape: tuple) -> dict[str, Any]:
+    """Per trigger kind shared by several attackers, its assembled trigger as one backdoor, if the kind
+    has one (:meth:`Trigger.global_trigger`: DBA's global pattern, Xie et al., ICLR 2020).
+
+    Its pieces' attackers must share one target: the global trigger has one.
+    """
+    combined = {}
+    for kind in dict.fromkeys(triggers):
+        members = [k for k, trigger in enumerate(triggers) if trigger == kind]
+        if len(members) < 2:
+            continue
+        cls = TRIGGERS.get(kind)
+        params = _plugin_params(config, "trigger", kind)
+        try:
+            trigger = cls.global_trigger(
+                params, count=len(members), image_shape=image_shape, seed=derive_seed(config.seed, "trigger", kind, 0)
+            )
+        except ValueError as error:
+            raise ConfigError([f"trigger '{kind}' (keys 'trigger.{kind}.*'): {error}"]) from None
+        if trigger is None:
+            continue
+        member_targets = sorted({targets[k] for k in members})
+        if len(member_targets) > 1:
+            message = (
+                f"key 'attack.targets': the {len(members)} attackers with trigger '{kind}' assemble one global"
+                f" trigger, which needs one target class; got targets {member_targets}"
+            )
+            raise ConfigError([message])
+        name = f"{kind.rsplit(':', 1)[-1].lower()}-global"
+        combined[kind] = _backdoor(name, trigger, member_targets[0])
+    return combined
+
+
+def _backdoor(name: str, trigger: Any, target: int, part_of: str = ""):
     from flowerbed.clients.triggers.base import Backdoor  # the public trigger API
 
-    return Backdoor(name=name, trigger=trigger, target=target)
+    return Backdoor(name=name, trigger=trigger, target=target, part_of=part_of)

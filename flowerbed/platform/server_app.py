@@ -72,7 +72,9 @@ def check_resume(config: RunConfig) -> Path:
     if not saved_path.exists():
         raise ConfigError([f"key 'resume': {run_dir} is not a run folder (no {CONFIG})"])
     saved = json.loads(saved_path.read_text())
-    changed = config_differences(saved, config.to_json_dict(), ignore=("resume", "output-dir", "num-server-rounds"))
+    changed = config_differences(
+        saved, config.resolved_json_dict(), ignore=("resume", "output-dir", "num-server-rounds")
+    )
     if changed:
         raise ConfigError([f"key 'resume': the config differs from the saved run in {', '.join(changed)}"])
     return run_dir
@@ -89,7 +91,7 @@ def execute(grid: Grid, config: RunConfig, outcome: RunOutcome, quiet: bool = Fa
     run_dir = open_run_folder(config)
     outcome.run_dir = run_dir
     recorder = Recorder(run_dir)
-    recorder.write_config(config.to_json_dict())
+    recorder.write_config(config.resolved_json_dict())
     recorder.write_environment(environment())
     if plan.attackers:
         recorder.write_attackers(plan.describe())

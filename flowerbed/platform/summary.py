@@ -99,6 +99,8 @@ def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=
             entry: dict[str, Any] = {"final_asr": series.get(final["round"]), "max_asr": max(series.values(), default=None)}
             if schedule is not None:
                 entry.update(persistence(series, schedule.last_round()))
+            if getattr(backdoor, "part_of", ""):
+                entry["part_of"] = backdoor.part_of
             per_backdoor[backdoor.name] = entry
         summary["backdoors"] = per_backdoor
     norms = update_norm_medians(rounds)

@@ -83,7 +83,7 @@ def check_run_folder(run_dir: Path, config, metric_names: set[str], num_clients:
     for name in ("config.json", "metrics.jsonl", "summary.json", "model.pt", "checkpoint.pt", "plots/metrics.png"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "attackers.json").exists()  # no attack applies: the file is left out
-    assert json.loads((run_dir / "config.json").read_text()) == config.to_json_dict()
+    assert json.loads((run_dir / "config.json").read_text()) == config.resolved_json_dict()
     rounds = read_metrics(run_dir)
     assert [r["round"] for r in rounds] == list(range(1, config.num_server_rounds + 1))
     for record in rounds:

@@ -37,6 +37,9 @@ class Backdoor:
     trigger: Trigger
     target: int
     source_classes: tuple[int, ...] = ()
+    # The combined backdoor this one is a piece of (a DBA attacker's local trigger is part of
+    # "dba-global"): measured, but not counted as a backdoor of its own in per-attack means.
+    part_of: str = ""
 
     def __post_init__(self) -> None:
         if self.target < 0:
@@ -54,6 +57,8 @@ class Backdoor:
         described = {"name": self.name, "target": self.target, "trigger": self.trigger.describe()}
         if self.source_classes:
             described["source_classes"] = list(self.source_classes)
+        if self.part_of:
+            described["part_of"] = self.part_of
         return described
 
 

@@ -25,7 +25,8 @@ class BlendParams(TriggerParams):
     alpha: float = Field(0.2, gt=0.0, le=1.0, description="Blend ratio of the pattern (Chen et al.: 0.2).")
     pattern: Literal["noise", "sine", "image"] = Field(
         "noise",
-        description="'noise': uniform noise fixed by the run seed; 'sine': a colour sinusoidal grating; "
+        description="'noise': uniform noise fixed by the run seed and the attacker's index; "
+        "'sine': a colour sinusoidal grating; "
         "'image': the picture at image-path, resized to the input size.",
     )
     frequency: float = Field(6.0, gt=0.0, description="Cycles across the image width ('sine' pattern).")
@@ -77,7 +78,9 @@ def load_pattern_image(path: Path, image_shape: tuple[int, int, int]) -> Tensor:
 class BlendTrigger(Trigger):
     """Blend a fixed full-image pattern into the input with ratio ``alpha``.
 
-    Attackers constructed with the same seed share the pattern.
+    The noise pattern comes from ``seed``; the attack plan derives a seed per
+    attacker (run seed, trigger name, index), so several blended attackers of a
+    run plant different noise patterns: separate backdoors, not one shared key.
     """
 
     name = "blend"

@@ -2,10 +2,12 @@
 
 Xie et al., "DBA: Distributed Backdoor Attacks against Federated Learning"
 (ICLR 2020): a global pattern is decomposed into local pieces; attacker ``i``
-poisons with piece ``i`` only, while the server-side test uses the assembled
-global pattern as well. The defaults reproduce the paper's CIFAR layout:
-pieces are 1x4 bars, 2 px apart, in a 2-column grid from the top-left corner
-(rows 0 and 3, columns 0-3 and 6-9 for four attackers).
+poisons with piece ``i`` only, while the server also measures the assembled
+global pattern (the ``dba-global`` backdoor, built by the attack plan from
+:meth:`DBATrigger.global_trigger`). The defaults are the authors' CIFAR layout
+(AI-secure/DBA, ``utils/cifar_params.yaml``): pieces are 1x6 bars, 3 px apart,
+in a 2-column grid from the top-left corner (rows 0 and 4, columns 0-5 and 9-14
+for four attackers). Their MNIST layout is ``piece-width = 4``, ``gap = 2``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from flowerbed.platform.registry import TRIGGERS
 
 class DBAParams(TriggerParams):
     piece_height: int = Field(1, alias="piece-height", ge=1, description="Rows of one local piece (DBA: 1).")
-    piece_width: int = Field(4, alias="piece-width", ge=1, description="Columns of one local piece (DBA: 4).")
-    gap: int = Field(2, ge=0, description="Pixels between neighbouring pieces, across and down (DBA: 2).")
+    piece_width: int = Field(6, alias="piece-width", ge=1, description="Columns of one local piece (DBA CIFAR: 6).")
+    gap: int = Field(3, ge=0, description="Pixels between neighbouring pieces, across and down (DBA CIFAR: 3).")
     columns: int | None = Field(
         None, ge=1, description="Pieces per grid row; default ceil(sqrt(count)) (2 for DBA's 4 pieces)."
     )

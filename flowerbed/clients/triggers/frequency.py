@@ -9,10 +9,14 @@ frequency coefficient, and the image is transformed back and clipped.
 Units: magnitudes are given on the 0-255 pixel scale, as in the paper, and
 applied as ``magnitude / 255`` to orthonormal DCT coefficients of images in
 [0, 1] (the orthonormal DCT is linear, so this equals FTrojan's change on
-0-255 images divided by 255). Reference defaults: YUV, chroma channels 1 and 2,
-window = whole 32x32 image, positions (15,15) and (31,31), magnitude 30.
-Here the default window is the whole image and the default positions are the
-window's mid frequency ``(bh/2 - 1, bw/2 - 1)`` and its highest ``(bh - 1, bw - 1)``.
+0-255 images divided by 255). The reference code's CIFAR settings
+(SoftWiser-group/FTrojan, ``train.py``): YUV, chroma channels 1 and 2, window =
+whole 32x32 image, positions (15,15) and (31,31), magnitude 20 (50 in one
+``th_train.py`` configuration). Here the default window is the whole image, the
+default positions are the window's mid frequency ``(bh/2 - 1, bw/2 - 1)`` and
+its highest ``(bh - 1, bw - 1)``, and the default magnitude is 30, between the
+two. The reference rounds the image to uint8 after each colour conversion; this
+trigger stays in floating point.
 """
 
 from __future__ import annotations
