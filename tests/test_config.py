@@ -213,3 +213,15 @@ def test_run_folders_save_the_parameters_of_the_plugins_they_use_so_a_changed_de
     assert parse_run_config({"attack.num-attackers": 1, "attack.name": "badnets"}).plugins_in_use("trigger") == ["patch"]
     named = parse_run_config({"attack.num-attackers": 2, "attack.name": "badnets", "attack.trigger": "blend,dba"})
     assert named.plugins_in_use("trigger") == ["blend", "dba"]
+
+
+def test_more_forced_attackers_than_a_round_holds_is_an_error():
+    from flowerbed.platform.roles import build_attack_plan
+
+    flat = {"num-clients": 10, "fraction-train": 0.4, "attack.num-attackers": 6, "attack.name": "badnets"}
+    with pytest.raises(ConfigError, match=r"attack.num-attackers.*6 attackers are active in round 1.*the 4 clients"):
+        build_attack_plan(parse_run_config(flat))
+    # Staggered windows that never overlap by more than 4, or sampled participation, fit.
+    staggered = {**flat, "attack.start-round": "1,1,1,1,3,3", "attack.end-round": "2,2,2,2,4,4"}
+    assert len(build_attack_plan(parse_run_config(staggered)).attackers) == 6
+    assert build_attack_plan(parse_run_config({**flat, "attack.participation": "sampled"})).participation == "sampled"

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from flowerbed.platform.bench_report import cell_row
+from flowerbed.platform.bench_report import _round_series, cell_row
 from flowerbed.platform.config import ConfigError, parse_run_config
 from flowerbed.platform.roles import build_attack_plan
 from flowerbed.platform.summary import build_summary
@@ -73,3 +73,5 @@ def test_summary_marks_the_pieces_and_the_bench_averages_the_whole_backdoors_onl
     assert row["asr_final_mean"] == pytest.approx(0.9)  # the global trigger, not the mean with its pieces
     assert row["backdoors"]["dba-1"]["final_asr"] == 0.2
     assert row["clean_acc_min"] == pytest.approx(0.81)
+    asr_by_round, _ = _round_series(run_dir)  # the ASR-over-rounds plots agree with the tables
+    assert list(asr_by_round.values()) == pytest.approx([0.9] * 10)

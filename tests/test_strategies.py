@@ -679,6 +679,39 @@ def test_centered_clipping_remembers_the_previous_aggregate():
     assert np.linalg.norm(flat(as_numpy(second)) - flat(base)) > np.linalg.norm(moved)
 
 
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_a_defence_restored_from_its_checkpointed_state_aggregates_as_an_uninterrupted_one(name, tmp_path):
+    """A resumed run rebuilds the strategy; what it carries between rounds (FoolsGold's update
+    histories, centered clipping's last aggregate) comes back from checkpoint.pt."""
+    base = global_model()
+    params = {"num-malicious": 3} if name in {"krum", "multi-krum"} else {"num-malicious": 1} if name == "bulyan" else None
+    if name == "centered-clipping":
+        params = {"tau": 0.2}  # clips, so the starting point (last round's aggregate) matters
+    # Round 1: identical sybils; round 2: small unrelated updates, so FoolsGold's verdict in
+    # round 2 rests on the history of round 1.
+    first = scenario_updates("diverse", seed=1)
+    second = 0.1 * np.random.default_rng(2).standard_normal(first.shape)
+    rounds = [client_models(first, base), client_models(second, base)]
+
+    def fresh():
+        return build(name, params, root_data=hooks(base, first[0]))
+
+    uninterrupted = fresh()
+    run_round(uninterrupted, base, rounds[0])
+    expected, _ = run_round(uninterrupted, base, rounds[1], server_round=2)
+
+    interrupted = fresh()
+    run_round(interrupted, base, rounds[0])
+    torch.save({"strategy": interrupted.state_dict()}, tmp_path / "checkpoint.pt")
+    resumed = fresh()
+    resumed.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["strategy"])
+    got, _ = run_round(resumed, base, rounds[1], server_round=2)
+    for key, array in as_numpy(expected).items():
+        np.testing.assert_array_equal(as_numpy(got)[key], array, err_msg=key)
+    assert resumed.last_weights == uninterrupted.last_weights and resumed.last_flagged == uninterrupted.last_flagged
+    assert (name in {"foolsgold", "centered-clipping"}) == bool(interrupted.state_dict())
+
+
 # ---------------------------------------------------------------- parameter validation names the key
 
 

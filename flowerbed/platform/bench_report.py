@@ -410,10 +410,13 @@ def make_figures(out: Path, rows: list[dict[str, Any]], manifest: dict[str, Any]
 
 
 def _round_series(run_dir: Path) -> tuple[dict[int, float], dict[int, float]]:
-    """Per round: the ASR averaged over the run's backdoors, and the clean accuracy (from metrics.jsonl)."""
+    """Per round: the ASR averaged over the run's backdoors (pieces of a combined backdoor left
+    out, as in the tables), and the clean accuracy (from metrics.jsonl)."""
+    summary = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).is_file() else {}
+    pieces = {name for name, entry in summary.get("backdoors", {}).items() if entry.get("part_of")}
     asr, clean = {}, {}
     for record in read_metrics(run_dir):
-        values = [v for v in record.get("asr", {}).values() if isinstance(v, (int, float))]
+        values = [v for k, v in record.get("asr", {}).items() if k not in pieces and isinstance(v, (int, float))]
         if values:
             asr[record["round"]] = sum(values) / len(values)
         if isinstance(record.get("clean_acc"), (int, float)):

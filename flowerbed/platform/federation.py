@@ -135,8 +135,10 @@ def run_rounds(
     start_round = 1
     checkpoint = recorder.load_checkpoint()
     if checkpoint is not None:
-        done, state = checkpoint
+        done, state, strategy_state = checkpoint
         model.load_state_dict(state)
+        if hasattr(strategy, "load_state_dict"):
+            strategy.load_state_dict(strategy_state)  # e.g. FoolsGold's update histories
         start_round = done + 1
         progress.note(f"resuming after round {done}")
     elif load_initial_weights(model, config):
@@ -167,11 +169,14 @@ def run_rounds(
         if replies:
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
-            # Back to the model's own dtypes (an average turns integer buffers into floats).
-            model.load_state_dict(new_arrays.to_torch_state_dict())
+            # Back to the model's own dtypes: an average turns integer buffers (BatchNorm's
+            # num_batches_tracked) into floats, rounded here (99.999... would truncate to 99).
+            model.load_state_dict(_rounded_to_integer_buffers(model, new_arrays.to_torch_state_dict()))
             arrays = ArrayRecord(model.state_dict())
         evaluation = workload.evaluate(model)
 
+        # Detection is scored on the clients the defence saw: failed or dropped replies are neither.
+        aggregated = [int(r.content["metrics"]["partition-id"]) for r in replies]
         attackers_present = [int(r.content["metrics"]["partition-id"]) for r in replies if int(r.content["metrics"].get("attacked", 0))]
         record: dict[str, Any] = {"round": server_round, **evaluation}
         if train_metrics is not None and "train_loss" in train_metrics:
@@ -179,11 +184,12 @@ def run_rounds(
         record["clients"] = clients
         if plan.attackers:
             record["attackers"] = attackers_present
-        flagged = getattr(strategy, "last_flagged", None) if getattr(strategy, "flags_clients", False) else None
+        # A round without replies aggregated nothing: no flags or weights (the strategy's are last round's).
+        flagged = getattr(strategy, "last_flagged", None) if replies and getattr(strategy, "flags_clients", False) else None
         if flagged is not None:
             record["flagged"] = sorted(int(pid) for pid in flagged)
-            record["detection"] = detection_scores(record["flagged"], attackers_present, clients)
-        weights = getattr(strategy, "last_weights", None)
+            record["detection"] = detection_scores(record["flagged"], attackers_present, aggregated)
+        weights = getattr(strategy, "last_weights", None) if replies else None
         if weights:
             record["weights"] = {str(pid): float(w) for pid, w in sorted(weights.items())}
         record["update_norms"] = norms
@@ -191,12 +197,22 @@ def run_rounds(
         record["seconds"] = time.perf_counter() - began
         recorder.log_round(record)
         if server_round % config.checkpoint_every == 0 or server_round == config.num_server_rounds:
-            recorder.save_checkpoint(server_round, _detached(model))
+            strategy_state = strategy.state_dict() if hasattr(strategy, "state_dict") else {}
+            recorder.save_checkpoint(server_round, _detached(model), strategy_state)
         progress.round(record, config.num_server_rounds)
 
     summary = build_summary(recorder.rounds, workload.headline_metric(), plan)
     recorder.finish(_detached(model), summary)
     return summary
+
+
+def _rounded_to_integer_buffers(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the entries that are integers in ``model`` rounded to the nearest integer."""
+    own = model.state_dict()
+    return {
+        key: value.round() if key in own and not torch.is_floating_point(own[key]) and torch.is_floating_point(value) else value
+        for key, value in state.items()
+    }
 
 
 def _detached(model: torch.nn.Module) -> dict[str, torch.Tensor]:

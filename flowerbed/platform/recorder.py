@@ -101,10 +101,15 @@ class Recorder:
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rounds)
         atomic_write_bytes(self.run_dir / METRICS, lines.encode())
 
-    def save_checkpoint(self, server_round: int, state_dict: dict[str, torch.Tensor]) -> None:
-        atomic_torch_save(self.run_dir / CHECKPOINT, {"round": server_round, "model": state_dict})
+    def save_checkpoint(
+        self, server_round: int, state_dict: dict[str, torch.Tensor], strategy_state: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """The global model after ``server_round``, and what the defence carries to the next round."""
+        payload = {"round": server_round, "model": state_dict, "strategy": dict(strategy_state or {})}
+        atomic_torch_save(self.run_dir / CHECKPOINT, payload)
 
-    def load_checkpoint(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+    def load_checkpoint(self) -> tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+        """(round, model state, strategy state) of the last checkpoint, or None."""
         path = self.run_dir / CHECKPOINT
         if not path.exists():
             return None
@@ -113,7 +118,7 @@ class Recorder:
         self.rounds = [r for r in self.rounds if r["round"] <= payload["round"]]
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rounds)
         atomic_write_bytes(self.run_dir / METRICS, lines.encode())
-        return payload["round"], payload["model"]
+        return payload["round"], payload["model"], payload.get("strategy", {})
 
     # ----------------------------------------------------------------- end
     def finish(self, state_dict: dict[str, torch.Tensor], summary: dict[str, Any]) -> None:

@@ -165,7 +165,18 @@ def build_attack_plan(config: RunConfig) -> AttackPlan:
                 raise ConfigError([message])
         joint = [combined[triggers[k]]] if triggers[k] in combined else []
         attackers.append(Attacker(k, ids[k], attack_object, schedule, names[k], triggers[k], joint))
-    return AttackPlan(attackers=attackers, participation=attack.participation)
+    plan = AttackPlan(attackers=attackers, participation=attack.participation)
+    if attack.participation == "forced":
+        size = config.clients_per_round()
+        busiest = max(range(1, config.num_server_rounds + 1), key=lambda r: len(plan.active_ids(r)))
+        if len(plan.active_ids(busiest)) > size:
+            message = (
+                f"key 'attack.num-attackers': with attack.participation = 'forced', {len(plan.active_ids(busiest))}"
+                f" attackers are active in round {busiest}, more than the {size} clients a round trains"
+                " (num-clients x fraction-train); lower the attackers or raise fraction-train"
+            )
+            raise ConfigError([message])
+    return plan
 
 
 def _plugin_params(config: RunConfig, kind: str, name: str):

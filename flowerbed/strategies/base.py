@@ -54,6 +54,14 @@ class FlowerbedStrategy(DetectionReport):
         """A ValueError naming ``strategy.<name>.<alias of field>``."""
         return param_error(cls.name, cls.Params, field, message)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What this defence carries from round to round (tensors), saved in each checkpoint so a
+        resumed run aggregates as an uninterrupted one would. Stateless rules keep the default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` from a checkpoint (before the first resumed round)."""
+
     def init_flowerbed(self, params: Any, num_clients_per_round: int, seed: int) -> Any:
         """Validate and store params, the client count and the seed; returns the parsed Params."""
         self.params = self.validate_params(params, num_clients_per_round)

@@ -26,7 +26,9 @@ every backward pass. ``mask-source`` picks the benign direction:
   coordinates alike (``update = -lr * gradient``).
 
 Default ``mask-ratio`` 0.05 = the authors' CV runs (``--gradmask_ratio 0.95``
-keeps the bottom 95%).
+keeps the bottom 95%). ``memory`` lives in the client's Flower context, which a
+resumed run starts empty: there the first resumed active round masks by the
+benign update, as a first round does.
 """
 
 from __future__ import annotations

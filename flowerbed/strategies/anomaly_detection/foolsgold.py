@@ -60,6 +60,18 @@ class UpdateHistory:
         self._rows: torch.Tensor | None = None
         self._row_of: dict[int, int] = {}
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self._rows is None:
+            return {}
+        return {"rows": self._rows.clone(), "partition_ids": torch.tensor(list(self._row_of), dtype=torch.int64)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if "rows" not in state:
+            self._rows, self._row_of = None, {}
+            return
+        self._rows = state["rows"].clone()
+        self._row_of = {int(pid): row for row, pid in enumerate(state["partition_ids"].tolist())}
+
     def add(self, partition_ids: list[int], updates: torch.Tensor) -> torch.Tensor:
         """Add this round's updates; return the histories of ``partition_ids`` (in that order)."""
         known = len(self._row_of)
@@ -91,6 +103,12 @@ class FoolsGold(UpdateDefence):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._history = UpdateHistory()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"history.{key}": value for key, value in self._history.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._history.load_state_dict({key.removeprefix("history."): value for key, value in state.items()})
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         histories = self._history.add(batch.partition_ids, batch.learned)

@@ -51,6 +51,12 @@ class CenteredClipping(UpdateDefence):
         super().__init__(*args, **kwargs)
         self._previous_update: torch.Tensor | None = None
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self._previous_update is None else {"previous_update": self._previous_update.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._previous_update = state.get("previous_update")
+
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         start = self._previous_update
         if start is None or start.shape[0] != batch.layout.num_learned:

@@ -1,0 +1,99 @@
+"""The round loop's bookkeeping: rounds with failed clients (what is aggregated, recorded and
+scored) and the integer buffers of an averaged model.
+
+The ServerApp's loop runs on a stand-in grid that delivers each message to flowerbed's own
+ClientApp functions in this process, and answers with an error for the clients told to fail.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import Context, Error, Message, Metadata, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from torch import nn
+
+from flowerbed.platform import client_app
+from flowerbed.platform.config import parse_run_config
+from flowerbed.platform.federation import _rounded_to_integer_buffers
+from flowerbed.platform.server_app import RunOutcome, execute
+
+NODE_OFFSET = 100
+
+
+class InProcessGrid:
+    """Delivers messages to the ClientApp functions directly; ``fail[round]`` clients answer with an error."""
+
+    def __init__(self, num_clients: int, fail: dict[int, set[int]]) -> None:
+        self.num_clients = num_clients
+        self.fail = fail
+        self.nodes = {
+            NODE_OFFSET + pid: Context(
+                run_id=1,
+                node_id=NODE_OFFSET + pid,
+                node_config={"partition-id": pid, "num-partitions": num_clients},
+                state=RecordDict(),
+                run_config={},
+            )
+            for pid in range(num_clients)
+        }
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+        replies = []
+        for number, message in enumerate(messages):
+            node = message.metadata.dst_node_id
+            metadata = Metadata(
+                run_id=1, message_id=f"m{number}", src_node_id=0, dst_node_id=node, reply_to_message_id="",
+                group_id="", created_at=0.0, ttl=3600.0, message_type=message.metadata.message_type,
+            )
+            delivered = Message(content=message.content, metadata=metadata)
+            if message.metadata.message_type == "query":
+                replies.append(client_app.identify(delivered, self.nodes[node]))
+                continue
+            server_round = int(message.content["config"]["server-round"])
+            if node - NODE_OFFSET in self.fail.get(server_round, set()):
+                replies.append(Message(Error(code=1, reason="client crashed"), reply_to=delivered))
+            else:
+                replies.append(client_app.train(delivered, self.nodes[node]))
+        return replies
+
+
+def test_failed_clients_are_neither_aggregated_nor_scored_and_an_empty_round_records_no_flags(small_run, monkeypatch):
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what Flower's runtime sets for the ServerApp
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    # Krum with f = 0 keeps one client a round and flags the others; there is no attacker.
+    config = parse_run_config({**small_run, "strategy.name": "krum", "strategy.krum.num-malicious": 0})
+    grid = InProcessGrid(4, fail={2: {0, 1, 2, 3}, 3: {3}})
+    outcome = RunOutcome()
+    execute(grid, config, outcome, quiet=True)
+
+    rounds = [json.loads(line) for line in (Path(outcome.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [len(r["failures"]) for r in rounds] == [0, 4, 1]
+    first, empty, partial = rounds
+    assert len(first["flagged"]) == 3 and first["detection"] == {"fpr": 0.75, "precision": 0.0}
+    # Nothing was aggregated in round 2: no flags or weights (the strategy's are round 1's).
+    assert "flagged" not in empty and "detection" not in empty and "weights" not in empty
+    # Round 3: Krum saw clients 0-2 and flagged two of them; client 3's failure is not a benign pass.
+    assert 3 not in partial["flagged"] and len(partial["flagged"]) == 2
+    assert partial["detection"] == {"fpr": pytest.approx(2 / 3, abs=1e-6), "precision": 0.0}
+    summary = json.loads((Path(outcome.run_dir) / "summary.json").read_text())
+    assert summary["detection"]["fpr"] == pytest.approx((3 + 2) / (4 + 3), abs=1e-6)
+
+
+def test_an_averaged_integer_buffer_is_rounded_not_truncated():
+    # Flower's weighted average of three clients' num_batches_tracked = 100 can come out as
+    # 99.99999999999999; load_state_dict would truncate it into the int64 buffer as 99.
+    model = nn.BatchNorm1d(2)
+    averaged = {key: value.double() for key, value in model.state_dict().items()}
+    averaged["num_batches_tracked"] = torch.tensor(99.99999999999999, dtype=torch.float64)
+    averaged["running_mean"] = torch.tensor([0.4999999999, 0.25], dtype=torch.float64)
+    model.load_state_dict(_rounded_to_integer_buffers(model, averaged))
+    assert int(model.num_batches_tracked) == 100
+    assert torch.allclose(model.running_mean, torch.tensor([0.5, 0.25]))  # floats are left as they are
