@@ -1,9 +1,12 @@
-"""Scoring a defence against the true attackers: flags (precision, recall, FPR) and weights."""
+"""Scoring a run against its ground truth: a defence's flags (precision, recall, FPR) and
+weights against the true attackers, and a backdoor's persistence after its attackers' last round."""
 
 from __future__ import annotations
 
 import pytest
 
+from flowerbed.platform.config import parse_run_config
+from flowerbed.platform.roles import build_attack_plan
 from flowerbed.platform.summary import attacker_relative_weight, build_summary
 
 HEADLINE = ("clean_acc", "max")
@@ -39,3 +42,22 @@ def test_detection_is_pooled_over_the_rounds_that_report_flags():
     ]
     detection = build_summary(rounds, HEADLINE)["detection"]
     assert detection == {"precision": 0.5, "recall": 0.5, "fpr": 0.25}
+
+
+def test_persistence_counts_from_the_last_round_an_attacker_trained():
+    # Sampled participation: the attacker's window is rounds 1-10, but it was last sampled in round 6.
+    plan = build_attack_plan(
+        parse_run_config(
+            {"num-clients": 10, "attack.name": "badnets", "attack.num-attackers": 1, "attack.attacker-ids": "4",
+             "attack.end-round": 10, "attack.participation": "sampled", "num-server-rounds": 40}
+        )
+    )
+    rounds = [
+        {"round": r, "clean_acc": 0.9, "asr": {"badnets-0": 1.0 - r / 100}, "attackers": [4] if r in (2, 6) else []}
+        for r in range(1, 41)
+    ]
+    entry = build_summary(rounds, HEADLINE, plan)["backdoors"]["badnets-0"]
+    assert entry["last_attack_round"] == 6 and entry["asr_plus_10"] == 1.0 - 16 / 100
+    # Never sampled: the schedule's last round.
+    never = [{**r, "attackers": []} for r in rounds]
+    assert build_summary(never, HEADLINE, plan)["backdoors"]["badnets-0"]["last_attack_round"] == 10

@@ -94,6 +94,10 @@ class AttackPlan:
                 seen.setdefault(backdoor.name, backdoor)
         return list(seen.values())
 
+    def attackers_of(self, backdoor_name: str) -> list[int]:
+        """Partition ids of the attackers that implant ``backdoor_name``."""
+        return [a.partition_id for a in self.attackers if backdoor_name in [b.name for b in a.backdoors]]
+
     def schedule_of(self, backdoor_name: str) -> Schedule | None:
         """The combined attack window of the attackers that implant ``backdoor_name``."""
         windows = [a.schedule for a in self.attackers if backdoor_name in [b.name for b in a.backdoors]]

@@ -104,7 +104,11 @@ def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=
             schedule = plan.schedule_of(backdoor.name)
             entry: dict[str, Any] = {"final_asr": series.get(final["round"]), "max_asr": max(series.values(), default=None)}
             if schedule is not None:
-                entry.update(persistence(series, schedule.last_round()))
+                # Persistence counts from the last round an attacker of this backdoor actually trained
+                # (with sampled participation it may be before the schedule's end), else the schedule's.
+                implanting = set(plan.attackers_of(backdoor.name))
+                trained = [r["round"] for r in rounds if implanting & set(r.get("attackers", []))]
+                entry.update(persistence(series, max(trained) if trained else schedule.last_round()))
             if getattr(backdoor, "part_of", ""):
                 entry["part_of"] = backdoor.part_of
             per_backdoor[backdoor.name] = entry
