@@ -191,16 +191,19 @@ class RunConfig(Section):
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
 
-    def plugins_in_use(self, kind: str) -> list[str]:
-        """Like :meth:`selected_plugins`, with each attacker's trigger resolved to its attack's
-        default where ``attack.trigger`` leaves it empty (distinct names, in attacker order)."""
-        if kind != "trigger" or not self.attack.num_attackers:
-            return list(dict.fromkeys(self.selected_plugins(kind)))
+    def attacker_triggers(self) -> list[str]:
+        """Each attacker's trigger: ``attack.trigger``'s, else its attack's default ("" if it has none)."""
         count = self.attack.num_attackers
         names = per_attacker(self.attack.name, count)
         triggers = per_attacker(self.attack.trigger, count, default="")
-        resolved = [trigger or getattr(ATTACKS.get(name), "default_trigger", "") for name, trigger in zip(names, triggers)]
-        return list(dict.fromkeys(t for t in resolved if t))
+        return [trigger or getattr(ATTACKS.get(name), "default_trigger", "") for name, trigger in zip(names, triggers)]
+
+    def plugins_in_use(self, kind: str) -> list[str]:
+        """Like :meth:`selected_plugins`, with each attacker's trigger resolved to its attack's
+        default where ``attack.trigger`` leaves it empty (distinct names, in attacker order)."""
+        if kind != "trigger":
+            return list(dict.fromkeys(self.selected_plugins(kind)))
+        return list(dict.fromkeys(t for t in self.attacker_triggers() if t))
 
     def resolved_json_dict(self) -> dict[str, Any]:
         """:meth:`to_json_dict` with every parameter of the plugins this run uses written out,

@@ -30,7 +30,7 @@ from flowerbed.platform.recorder import Recorder
 from flowerbed.platform.roles import AttackPlan
 from flowerbed.platform.sanitize import sanitize_replies
 from flowerbed.platform.seeding import derive_seed, seed_torch
-from flowerbed.platform.summary import build_summary, detection_scores
+from flowerbed.platform.summary import build_summary, detection_scores, scored_clients
 from flowerbed.platform.workload import Workload
 
 logger = logging.getLogger("flowerbed")
@@ -175,8 +175,6 @@ def run_rounds(
             arrays = ArrayRecord(model.state_dict())
         evaluation = workload.evaluate(model)
 
-        # Detection is scored on the clients the defence saw: failed or dropped replies are neither.
-        aggregated = [int(r.content["metrics"]["partition-id"]) for r in replies]
         attackers_present = [int(r.content["metrics"]["partition-id"]) for r in replies if int(r.content["metrics"].get("attacked", 0))]
         record: dict[str, Any] = {"round": server_round, **evaluation}
         if train_metrics is not None and "train_loss" in train_metrics:
@@ -188,7 +186,8 @@ def run_rounds(
         flagged = getattr(strategy, "last_flagged", None) if replies and getattr(strategy, "flags_clients", False) else None
         if flagged is not None:
             record["flagged"] = sorted(int(pid) for pid in flagged)
-            record["detection"] = detection_scores(record["flagged"], attackers_present, aggregated)
+            # Scored on the clients the defence saw: failed or dropped replies are neither.
+            record["detection"] = detection_scores(record["flagged"], attackers_present, scored_clients(clients, failures))
         weights = getattr(strategy, "last_weights", None) if replies else None
         if weights:
             record["weights"] = {str(pid): float(w) for pid, w in sorted(weights.items())}

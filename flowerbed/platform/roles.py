@@ -130,10 +130,7 @@ def build_attack_plan(config: RunConfig) -> AttackPlan:
     ends = [end or config.num_server_rounds for end in per_attacker(attack.end_round, count)]
     everys = per_attacker(attack.every, count)
     attack_classes = [ATTACKS.get(name) for name in names]
-    triggers = [
-        trigger or getattr(cls, "default_trigger", "")
-        for trigger, cls in zip(per_attacker(attack.trigger, count, default=""), attack_classes)
-    ]
+    triggers = config.attacker_triggers()
     for name, trigger in zip(names, triggers):
         if not trigger:
             raise ConfigError([f"key 'attack.trigger': attack '{name}' has no default trigger; name one"])

@@ -75,10 +75,10 @@ def update_norm_medians(rounds: list[dict[str, Any]]) -> dict[str, float]:
     return medians
 
 
-def scored_clients(record: dict[str, Any]) -> list[int]:
+def scored_clients(clients: list[int], failures: list[dict[str, Any]]) -> list[int]:
     """The round's clients whose replies reached the defence: sampled, minus failed or dropped ones."""
-    left_out = {failure.get("partition_id") for failure in record.get("failures", [])}
-    return [pid for pid in record.get("clients", []) if pid not in left_out]
+    left_out = {failure.get("partition_id") for failure in failures}
+    return [pid for pid in clients if pid not in left_out]
 
 
 def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=None) -> dict[str, Any]:
@@ -120,7 +120,7 @@ def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=
     if detection_rounds:
         flagged = [(pid, r["round"]) for r in detection_rounds for pid in r["flagged"]]
         attackers = [(pid, r["round"]) for r in detection_rounds for pid in r.get("attackers", [])]
-        clients = [(pid, r["round"]) for r in detection_rounds for pid in scored_clients(r)]
+        clients = [(pid, r["round"]) for r in detection_rounds for pid in scored_clients(r.get("clients", []), r.get("failures", []))]
         summary["detection"] = detection_scores(flagged, attackers, clients)
     relative_weight = attacker_relative_weight(rounds)
     if relative_weight is not None:
