@@ -225,3 +225,24 @@ def test_more_forced_attackers_than_a_round_holds_is_an_error():
     staggered = {**flat, "attack.start-round": "1,1,1,1,3,3", "attack.end-round": "2,2,2,2,4,4"}
     assert len(build_attack_plan(parse_run_config(staggered)).attackers) == 6
     assert build_attack_plan(parse_run_config({**flat, "attack.participation": "sampled"})).participation == "sampled"
+
+
+def test_resuming_with_more_rounds_may_not_stretch_an_attack_that_ends_at_the_last_round(tmp_path):
+    """``attack.end-round = 0`` means the last round: a resume that adds rounds would lengthen the attack."""
+    import json
+
+    from flowerbed.platform.server_app import check_resume
+
+    def saved_run(flat: dict) -> dict:
+        (tmp_path / "config.json").write_text(json.dumps(parse_run_config(flat).resolved_json_dict()))
+        return {**flat, "resume": str(tmp_path)}
+
+    until_last = {"num-server-rounds": 10, "attack.num-attackers": 2, "attack.name": "badnets", "attack.end-round": "5,0"}
+    resumed = saved_run(until_last)
+    assert parse_run_config(until_last).attack_end_rounds() == [5, 10]
+    assert check_resume(parse_run_config(resumed)) == tmp_path.resolve()  # same rounds: fine
+    with pytest.raises(ConfigError, match=r"attack.end-round.*num-server-rounds 20 instead of 10.*\[5, 10\] to \[5, 20\]"):
+        check_resume(parse_run_config({**resumed, "num-server-rounds": 20}))
+    # Adding rounds is fine when every attack ends at a named round, or there is no attack.
+    for flat in ({**until_last, "attack.end-round": "5,10"}, {"num-server-rounds": 10}):
+        assert check_resume(parse_run_config({**saved_run(flat), "num-server-rounds": 20})) == tmp_path.resolve()

@@ -198,6 +198,11 @@ class RunConfig(Section):
         triggers = per_attacker(self.attack.trigger, count, default="")
         return [trigger or getattr(ATTACKS.get(name), "default_trigger", "") for name, trigger in zip(names, triggers)]
 
+    def attack_end_rounds(self) -> list[int]:
+        """Each attacker's last attack round, with ``attack.end-round = 0`` resolved to the last round."""
+        count = self.attack.num_attackers
+        return [end or self.num_server_rounds for end in per_attacker(self.attack.end_round, count)]
+
     def plugins_in_use(self, kind: str) -> list[str]:
         """Like :meth:`selected_plugins`, with each attacker's trigger resolved to its attack's
         default where ``attack.trigger`` leaves it empty (distinct names, in attacker order)."""

@@ -127,7 +127,7 @@ def build_attack_plan(config: RunConfig) -> AttackPlan:
     targets = per_attacker(attack.targets, count)
     fractions = per_attacker(attack.poison_fraction, count)
     starts = per_attacker(attack.start_round, count)
-    ends = [end or config.num_server_rounds for end in per_attacker(attack.end_round, count)]
+    ends = config.attack_end_rounds()
     everys = per_attacker(attack.every, count)
     attack_classes = [ATTACKS.get(name) for name in names]
     triggers = config.attacker_triggers()

@@ -18,7 +18,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from flowerbed.platform.allocator import keep_freed_memory
-from flowerbed.platform.config import ConfigError, RunConfig, config_differences, parse_run_config
+from flowerbed.platform.config import ConfigError, RunConfig, config_differences, flatten, parse_run_config
 from flowerbed.platform.federation import run_rounds
 from flowerbed.platform.progress import Progress
 from flowerbed.platform.provenance import environment
@@ -77,6 +77,15 @@ def check_resume(config: RunConfig) -> Path:
     )
     if changed:
         raise ConfigError([f"key 'resume': the config differs from the saved run in {', '.join(changed)}"])
+    saved_config = parse_run_config(flatten(saved))
+    if saved_config.attack_end_rounds() != config.attack_end_rounds():
+        problem = (
+            f"key 'attack.end-round': 0 means the last round, so resuming with num-server-rounds "
+            f"{config.num_server_rounds} instead of {saved_config.num_server_rounds} would move the attack's "
+            f"end from round(s) {saved_config.attack_end_rounds()} to {config.attack_end_rounds()}; "
+            f"start a new run, or keep num-server-rounds"
+        )
+        raise ConfigError([problem])
     return run_dir
 
 
