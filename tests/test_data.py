@@ -100,3 +100,31 @@ def test_dirichlet_skews_labels(digits):
     labels = digits.train_labels.numpy()
     shares = [np.bincount(labels[p], minlength=10).max() / len(p) for p in parts if len(p)]
     assert np.mean(shares) > 0.3  # IID would give about 0.1-0.15
+
+
+def test_a_dataset_stored_in_class_order_is_shuffled_so_the_servers_root_data_holds_every_class(tmp_path, monkeypatch):
+    """torchvision's GTSRB lists its training images class folder by class folder; FLTrust's root
+    data is the last ``data.server-size`` of them, which would otherwise all be of class 42."""
+    import torchvision
+    from PIL import Image
+
+    from flowerbed.platform.registry import DATASETS
+
+    class ClassOrderedGTSRB:  # 43 classes x 6 images, class by class; each image's pixels carry its label
+        def __init__(self, root, split, download):
+            labels = range(43) if split == "train" else range(3)
+            self.samples = [(label, label) for label in labels for _ in range(6)]
+
+        def __iter__(self):
+            for value, label in self.samples:
+                yield Image.new("RGB", (40, 36), (value, value, value)), label
+
+    monkeypatch.setattr(torchvision.datasets, "GTSRB", ClassOrderedGTSRB)
+    config = parse_run_config({"data.name": "gtsrb", "data.root": str(tmp_path)})
+    dataset = DATASETS.get("gtsrb").load(config.data)
+    labels = dataset.train_labels
+    assert sorted(labels.tolist()) == sorted(label for label in range(43) for _ in range(6))
+    assert torch.equal(dataset.train_images[:, 0, 0, 0].long(), labels)  # images moved with their labels
+    assert len(set(labels[-30:].tolist())) >= 15  # the tail mixes classes (in class order: 5 classes)
+    again = DATASETS.get("gtsrb").load(config.data)
+    assert torch.equal(again.train_labels, labels)  # one fixed order

@@ -22,6 +22,7 @@ from flowerbed.strategies.updates import (
     ArrayLayout,
     cosine_similarity_matrix,
     distances_to,
+    model_cosine_distances,
     pairwise_sq_distances,
 )
 
@@ -67,6 +68,63 @@ def test_pairwise_distances_and_cosine_match_scipy():
     np.testing.assert_allclose(cosine_similarity_matrix(tensor(points)).numpy(), 1 - cdist(points, points, "cosine"), atol=1e-12)
     center = points.mean(axis=0)
     np.testing.assert_allclose(distances_to(tensor(points), tensor(center)).numpy(), np.linalg.norm(points - center, axis=1))
+
+
+def test_model_cosine_distances_match_float64_distances_between_whole_models():
+    """Local models share a global model ~40x longer than their updates: their cosine distances
+    (~1e-4) come out as a float64 product of the whole models gives them, from float32 updates."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(5)
+    origin = rng.normal(size=5000)
+    origin *= 30.0 / np.linalg.norm(origin)
+    updates = (0.7 / np.sqrt(5000)) * rng.normal(size=(10, 5000)) + 0.3 * origin / 30.0
+    updates32 = torch.from_numpy(updates.astype(np.float32))
+    models = updates32.double().numpy() + origin.astype(np.float32).astype(np.float64)
+    reference = cdist(models, models, "cosine")
+    ours = model_cosine_distances(updates32, torch.from_numpy(origin.astype(np.float32))).numpy()
+    off_diagonal = ~np.eye(10, dtype=bool)
+    assert reference[off_diagonal].max() < 1e-3  # the regime where float32 products of whole models fail
+    np.testing.assert_allclose(ours[off_diagonal], reference[off_diagonal], rtol=1e-4)
+    assert (np.diag(ours) == 0).all()
+
+
+def boosted_along_the_benign_direction(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A global model (norm 30), 7 honest updates along one direction (norm ~0.6) and 3 attackers
+    along the same direction, ten times as long (rows 7..9): as a model-replacement boost of an
+    honest-looking update. Shaped (clients, 30 x 40), one weight matrix."""
+    rng = np.random.default_rng(seed)
+    dim = 30 * 40
+    origin = rng.normal(size=dim)
+    origin *= 30.0 / np.linalg.norm(origin)
+    direction = rng.normal(size=dim)
+    direction /= np.linalg.norm(direction)
+    honest = 0.6 * direction + (0.3 / np.sqrt(dim)) * rng.normal(size=(NUM_HONEST, dim))
+    attackers = 6.0 * direction + (0.3 / np.sqrt(dim)) * rng.normal(size=(NUM_ATTACKERS, dim))
+    return origin, np.vstack([honest, attackers])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_flame_and_freqfed_compare_local_models_so_a_boost_along_the_benign_direction_stands_out(seed):
+    """Between updates the boosted attackers point where the honest clients do (cosine ~1) and
+    stay in; between local models their length sets them apart (FLAME's Algorithm 1 compares models)."""
+    origin, points = boosted_along_the_benign_direction(seed)
+    updates = torch.from_numpy(points.astype(np.float32))
+    global_model = torch.from_numpy(origin.astype(np.float32))
+    layout = ArrayLayout.of(ArrayRecord({"w": Array(np.zeros((30, 40), dtype=np.float32))}))
+    weights = torch.full((10,), 0.1)
+    by_models = [
+        flame_aggregate(updates.clone(), noise_lambda=0.0, global_model=global_model).accepted,
+        freqfed_aggregate(updates.clone(), weights, layout, global_model=global_model).accepted,
+    ]
+    by_updates = [
+        flame_aggregate(updates.clone(), noise_lambda=0.0).accepted,
+        freqfed_aggregate(updates.clone(), weights, layout).accepted,
+    ]
+    for accepted in by_models:
+        assert not accepted[ATTACKERS].any() and int(accepted.sum()) >= NUM_HONEST - 1
+    for accepted in by_updates:
+        assert accepted[ATTACKERS].all()
 
 
 def test_layout_round_trip_keeps_dtypes_and_puts_weights_then_statistics_then_integers():

@@ -32,7 +32,9 @@ def attacker_relative_weight(rounds: list[dict[str, Any]]) -> float | None:
     norm clipping) records ``weights`` per round. Each weight is divided by the round's mean
     weight, so 1 means "treated like an average client", 0 "excluded", above 1 "favoured";
     the score is the mean of that over every attacker reply of every such round (None when no
-    round has both weights and attackers).
+    round has both weights and attackers). The weights are the rule's own: norm clipping and RFA
+    fold in each client's share of the examples (an attacker with more data than average scores
+    above its clip factor), centered clipping, FLTrust and FoolsGold weigh clients equally.
     """
     relative: list[float] = []
     for record in rounds:

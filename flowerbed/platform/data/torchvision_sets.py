@@ -18,6 +18,11 @@ _SOURCES = {
     "gtsrb": ("GTSRB", 43, (3, 32, 32), "split", "<data.root>/gtsrb/GTSRB/Training and Final_Test (the official archives, unpacked)"),
 }
 
+# Datasets whose training files come in class order (torchvision's GTSRB walks its class
+# folders): shuffled once with a fixed seed, so that any slice of them, such as the root data
+# the server keeps (the last ``data.server-size`` images), holds every class.
+_STORED_BY_CLASS = {"gtsrb"}
+
 
 def _load(name: str, data_config) -> ImageDataset:
     import torchvision
@@ -39,6 +44,9 @@ def _load(name: str, data_config) -> ImageDataset:
             ) from None
         splits.append(_to_tensors(dataset, shape, TF))
     (train_x, train_y), (test_x, test_y) = splits
+    if name in _STORED_BY_CLASS:
+        order = torch.from_numpy(np.random.default_rng(0).permutation(len(train_y)))
+        train_x, train_y = train_x[order], train_y[order]
     return ImageDataset(train_x, train_y, test_x, test_y, num_classes=num_classes)
 
 

@@ -1,7 +1,7 @@
 """FreqFed, Fereidooni et al., NDSS 2024 ("FreqFed: A Frequency Analysis-Based Approach for
 Mitigating Poisoning Attacks in Federated Learning", arXiv 2312.04432).
 
-1. Move every update into the frequency domain: a 2-D DCT-II of each layer's
+1. Move every local model into the frequency domain: a 2-D DCT-II of each layer's
    weights (reshaped to ``(outputs, rest)``; 1-D arrays as one row).
 2. Keep the low-frequency coefficients, where poisoned and benign updates differ
    most: the top-left triangle ``u/P + v/Q < cutoff`` of each layer's DCT matrix.
@@ -9,14 +9,20 @@ Mitigating Poisoning Attacks in Federated Learning", arXiv 2312.04432).
    (``min_cluster_size = n/2 + 1``) and keep the majority cluster.
 4. FedAvg the kept clients' updates.
 
-The paper transforms the local models' weights; this takes the DCT of the updates (local
-model minus the global model, learned weights only), as FLAME's clustering here does: the
-DCT is linear, so the two differ by the global model's own spectrum, which every client
-shares (between whole models every cosine distance is close to 0 and differs only through
-the updates; between updates it measures the updates alone).
+Like the paper, step 3 compares the local models' spectra (``compare = "models"``): the
+DCT is linear, so a model's coefficients are the global model's plus its update's, and the
+cosine distances come from the updates' coefficients and the global model's
+(:func:`model_cosine_distances`). ``compare = "updates"`` clusters the updates' spectra
+alone, which keeps colluders aiming at one target together with the benign majority (see
+FLAME's docstring). Two choices here were not checked against the paper's full text (not
+available offline): every layer with learned weights is transformed (some
+re-implementations take the output layer only, with a 1-D DCT), and the band is the strict
+triangle ``u/P + v/Q < cutoff``.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import scipy.fft
@@ -28,12 +34,20 @@ from flowerbed.platform.registry import STRATEGIES
 from ..clustering import majority_cluster
 from ..params import StrategyParams
 from ..update_defence import Aggregation, UpdateDefence
-from ..updates import ArrayLayout, UpdateBatch, cosine_similarity_matrix
+from ..updates import (
+    ArrayLayout,
+    UpdateBatch,
+    cosine_similarity_matrix,
+    model_cosine_distances,
+)
 
 
 class FreqFedParams(StrategyParams):
-    """FreqFed's low-frequency band (Fereidooni et al., 2024: the top-left half-triangle of the DCT)."""
+    """FreqFed's low-frequency band (Fereidooni et al., 2024: the top-left half-triangle of the DCT) and what it clusters."""
 
+    compare: Literal["models", "updates"] = Field(
+        "models", description="cluster the spectra of the clients' local models (the paper) or of their updates"
+    )
     low_frequency_cutoff: float = Field(
         0.5,
         alias="low-frequency-cutoff",
@@ -63,11 +77,25 @@ def low_frequency_features(updates: torch.Tensor, layout: ArrayLayout, cutoff: f
 
 
 def freqfed_aggregate(
-    updates: torch.Tensor, weights: torch.Tensor, layout: ArrayLayout, *, cutoff: float = 0.5
+    updates: torch.Tensor,
+    weights: torch.Tensor,
+    layout: ArrayLayout,
+    *,
+    cutoff: float = 0.5,
+    global_model: torch.Tensor | None = None,
 ) -> Aggregation:
-    """FreqFed's majority cluster in the low-frequency domain, then the weighted mean of its updates."""
+    """FreqFed's majority cluster in the low-frequency domain, then the weighted mean of its updates.
+
+    With ``global_model`` (the flat learned weights the updates are taken from) the clusters are
+    of the local models' spectra; without it, of the updates'.
+    """
     features = low_frequency_features(updates, layout, cutoff)
-    accepted = majority_cluster((1.0 - cosine_similarity_matrix(features)).clamp(min=0.0))
+    if global_model is None:
+        distances = (1.0 - cosine_similarity_matrix(features)).clamp(min=0.0)
+    else:
+        global_features = low_frequency_features(global_model.unsqueeze(0), layout, cutoff)[0]
+        distances = model_cosine_distances(features, global_features)
+    accepted = majority_cluster(distances)
     if not bool(accepted.any()):
         return Aggregation(torch.zeros(updates.shape[1], dtype=updates.dtype), accepted)
     kept = weights.double() * accepted
@@ -82,6 +110,11 @@ class FreqFed(UpdateDefence):
     Params = FreqFedParams
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
+        models = self.params.compare == "models"
         return freqfed_aggregate(
-            batch.learned, batch.example_weights, batch.layout, cutoff=self.params.low_frequency_cutoff
+            batch.learned,
+            batch.example_weights,
+            batch.layout,
+            cutoff=self.params.low_frequency_cutoff,
+            global_model=batch.global_vector[: batch.layout.num_learned] if models else None,
         )

@@ -15,6 +15,14 @@ Learning Through Deep Model Inspection").
    a noise point stands alone and is rejected iff it is suspicious.
 4. Clip the accepted updates to the median norm of all updates and average them.
 
+HDBSCAN runs with ``min-cluster-size = 2`` and ``min_samples = 1``, flowerbed's choice
+for rounds of ~10 clients, so that a few colluders can form a cluster of their own. The
+public re-implementations leave the library's defaults (smallest cluster 5, min_samples
+equal to it), which at 10 clients folds small groups into their neighbours or into noise;
+``min-cluster-size = 5`` comes closer to them (min_samples stays 1). The merged co-membership distances take few distinct
+values, so where HDBSCAN meets a tie the outcome can depend on client order (replies are
+sorted by partition id, so a run is still reproducible).
+
 DDifs need the model itself: pass ``root_data=ServerModelHooks(predict=..., input_shape=...)``.
 Without ``predict``, DeepSight clusters on the bias cosine distances and NEUPs only (and logs so).
 """

@@ -6,14 +6,20 @@ FedAvg; the noise is drawn from a generator seeded by (run seed, round).
 
 One change to Flower's wrapper: the clipping norm is measured on the learned weights
 only, and only they are clipped and noised, as in every other flowerbed defence
-(BatchNorm's running statistics are averaged, integer counters left alone; Gaussian
-noise on a running variance can make it negative). Flower clips the difference of
+(BatchNorm's running statistics take the clients' coordinate-wise median, integer
+counters FedAvg's mean; Gaussian noise on a running variance can make it negative, and
+an unclipped mean would let a boosted attacker's statistics through). Flower clips the difference of
 every array, and BatchNorm's ``num_batches_tracked`` counters grow by the number of local steps: from a client that
 sends its whole ``state_dict`` (Flower's example apps do) with the ``cnn`` (four
 BatchNorm layers, 16 steps a round) Flower measures 32 for an update whose weights
 moved by 0.63, so S = 1.5 would scale it by 0.05 — a learning-rate cut, not the
 clipping the paper describes. (flowerbed's own clients send the counters back
-unchanged, so its runs never hit this.)"""
+unchanged, so its runs never hit this.)
+
+As Flower's wrapper does without a privacy accountant, the clipped updates are averaged
+weighted by example counts, while the noise std z * S / n assumes equal weights (McMahan
+et al. cap each client's weight). A client with twice the average data therefore has
+twice the sensitivity: this is a backdoor defence here, not a privacy guarantee."""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy.dp_fixed_clipping import validate_replies
@@ -32,6 +39,7 @@ from flowerbed.platform.registry import STRATEGIES
 
 from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
 from ..params import StrategyParams
+from ..updates import coordinatewise_median
 from flowerbed.platform.server_model import ServerModelHooks
 
 
@@ -113,9 +121,24 @@ class DpFixedClipping(FlagsNobody, FlowerbedStrategy, flwr_strategy.Differential
                 reply.content[record_name] = clip_learned_update(record, self.current_arrays, self.clipping_norm)
         aggregated_arrays, aggregated_metrics = self.strategy.aggregate_train(server_round, replies_list)
         if aggregated_arrays:
+            aggregated_arrays = self._with_median_statistics(aggregated_arrays, replies_list)
             aggregated_arrays = self._add_noise_to_aggregated_arrays(aggregated_arrays)
             self._compose_release(event)
         return aggregated_arrays, aggregated_metrics
+
+    def _with_median_statistics(self, aggregated_arrays: ArrayRecord, replies: list[Message]) -> ArrayRecord:
+        """``aggregated_arrays`` with every floating-point array that is not a learned weight (BatchNorm's
+        running statistics) replaced by the replies' coordinate-wise median."""
+        records = [next(iter(reply.content.array_records.values())) for reply in replies]
+        arrays = dict(aggregated_arrays.items())
+        for key, reference in self.current_arrays.items():
+            dtype = np.dtype(reference.dtype)
+            if is_learned(key, dtype) or not np.issubdtype(dtype, np.floating):
+                continue
+            rows = torch.from_numpy(np.stack([array_view(record[key]).reshape(-1) for record in records]))
+            median = coordinatewise_median(rows).numpy().reshape(reference.shape).astype(dtype)
+            arrays[key] = Array(np.asarray(median))
+        return ArrayRecord(arrays)
 
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
         """Flower's Gaussian noise (std z * S / n), from a seeded generator, on the arrays that are learned weights

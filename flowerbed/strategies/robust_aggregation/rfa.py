@@ -21,7 +21,9 @@ from ..updates import UpdateBatch, distances_to
 
 
 class RfaParams(StrategyParams):
-    """Smoothed Weiszfeld settings of Pillutla et al. (2022): nu = 1e-6, a few iterations."""
+    """Smoothed Weiszfeld settings of Pillutla et al. (2022): a few iterations, a small nu (the
+    authors' ``geometric_median_update`` uses eps = 1e-5, maxiter = 4, ftol = 1e-6; nu only
+    matters when an update lies within nu of the estimate)."""
 
     max_iterations: int = Field(4, alias="max-iterations", ge=1, description="Weiszfeld iterations at most")
     smoothing: float = Field(1e-6, gt=0.0, description="nu, the smallest distance a weight may divide by")
