@@ -20,9 +20,9 @@ from flowerbed.strategies.robust_aggregation.rfa import geometric_median
 from flowerbed.strategies.robust_aggregation.rlr import rlr_aggregate
 from flowerbed.strategies.updates import (
     ArrayLayout,
+    cosine_distances,
     cosine_similarity_matrix,
     distances_to,
-    model_cosine_distances,
     pairwise_sq_distances,
 )
 
@@ -66,6 +66,7 @@ def test_pairwise_distances_and_cosine_match_scipy():
     points = two_groups()
     np.testing.assert_allclose(pairwise_sq_distances(tensor(points)).numpy(), cdist(points, points, "sqeuclidean"), atol=1e-9)
     np.testing.assert_allclose(cosine_similarity_matrix(tensor(points)).numpy(), 1 - cdist(points, points, "cosine"), atol=1e-12)
+    np.testing.assert_allclose(cosine_distances(tensor(points)).numpy(), cdist(points, points, "cosine"), atol=1e-12)
     center = points.mean(axis=0)
     np.testing.assert_allclose(distances_to(tensor(points), tensor(center)).numpy(), np.linalg.norm(points - center, axis=1))
 
@@ -82,7 +83,7 @@ def test_model_cosine_distances_match_float64_distances_between_whole_models():
     updates32 = torch.from_numpy(updates.astype(np.float32))
     models = updates32.double().numpy() + origin.astype(np.float32).astype(np.float64)
     reference = cdist(models, models, "cosine")
-    ours = model_cosine_distances(updates32, torch.from_numpy(origin.astype(np.float32))).numpy()
+    ours = cosine_distances(updates32, torch.from_numpy(origin.astype(np.float32))).numpy()
     off_diagonal = ~np.eye(10, dtype=bool)
     assert reference[off_diagonal].max() < 1e-3  # the regime where float32 products of whole models fail
     np.testing.assert_allclose(ours[off_diagonal], reference[off_diagonal], rtol=1e-4)

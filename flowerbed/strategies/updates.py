@@ -9,9 +9,10 @@ alone: it moves by the coordinate-wise median of the accepted clients' tails
 (counters rounded back). Not their mean: a defence that clips or down-weights an
 attacker's weights would otherwise let its statistics through at full weight, and
 model replacement boosts those too (one boosted client among ten took clean
-accuracy from 0.91 to 0.65 through the running variances alone). For the ``cnn`` model the running statistics move more than the weights in
-a benign round (56% of the squared update norm over the 20 clients of the bench
-federation, ``benchmarks/update_geometry.py``), so measuring them would make
+accuracy from 0.91 to 0.65 through the running variances alone). For the ``cnn``
+model the running statistics move more than the weights in a benign round (56% of the
+squared update norm over the 20 clients of the bench federation,
+``benchmarks/update_geometry.py``), so measuring them would make
 norms, distances and cosines mostly about BatchNorm statistics. Distances and
 cosine similarities come from one Gram matrix, so pairwise work is a single
 matrix product. Each row's norm (over the learned weights) is taken while the
@@ -209,6 +210,11 @@ class UpdateBatch:
         return self.updates[:, : self.layout.num_learned]
 
     @property
+    def learned_global(self) -> torch.Tensor:
+        """The global model's learned weights, flat (what ``learned`` rows are updates of)."""
+        return self.global_vector[: self.layout.num_learned]
+
+    @property
     def example_weights(self) -> torch.Tensor:
         """Each client's share of the round's training examples (FedAvg weights), float32."""
         return (self.num_examples / self.num_examples.sum()).to(torch.float32)
@@ -257,30 +263,36 @@ def pairwise_sq_distances(x: torch.Tensor, gram: torch.Tensor | None = None) -> 
 
 def cosine_similarity_matrix(x: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
     """Cosine similarities between the rows of ``x`` (float64); a zero row is similar to nothing."""
-    gram = gram_matrix(x) if gram is None else gram
-    norms = gram.diagonal().clamp(min=0.0).sqrt()
+    return cosines_from_inner_products(gram_matrix(x) if gram is None else gram)
+
+
+def cosines_from_inner_products(inner: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities from a matrix of inner products (a Gram matrix), clamped to [-1, 1]."""
+    norms = inner.diagonal().clamp(min=0.0).sqrt()
     denominator = norms[:, None] * norms[None, :]
-    return torch.where(denominator > 0, gram / denominator.clamp(min=1e-300), torch.zeros_like(gram)).clamp_(-1.0, 1.0)
+    cosines = torch.where(denominator > 0, inner / denominator.clamp(min=1e-300), torch.zeros_like(inner))
+    return cosines.clamp_(-1.0, 1.0)
 
 
-def model_cosine_distances(updates: torch.Tensor, origin: torch.Tensor, gram: torch.Tensor | None = None) -> torch.Tensor:
-    """Cosine distances between the models ``origin + updates[i]`` (float64, zero diagonal).
+def cosine_distances(
+    rows: torch.Tensor, origin: torch.Tensor | None = None, gram: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cosine distances between the rows of ``rows`` or, given ``origin``, between the models
+    ``origin + rows[i]`` (float64, zero diagonal).
 
     Local models share the global model, so their cosine distances are tiny (~1e-4 here) and a
     float32 Gram matrix of whole models would bury them in rounding. They are taken instead from
     the updates' Gram matrix, the updates' products with ``origin`` (float64, block by block) and
     ``|origin|^2``: ``w_i . w_j = |o|^2 + u_i . o + u_j . o + u_i . u_j``.
     """
-    gram = gram_matrix(updates) if gram is None else gram
-    origin64 = origin.double()
-    along = torch.zeros(updates.shape[0], dtype=torch.float64)
-    for block in column_blocks(updates.shape[1]):
-        along += updates[:, block].double() @ origin64[block]
-    inner = origin64.dot(origin64) + along[:, None] + along[None, :] + gram
-    norms = inner.diagonal().clamp(min=0.0).sqrt()
-    denominator = (norms[:, None] * norms[None, :]).clamp(min=1e-300)
-    distances = (1.0 - inner / denominator).clamp_(min=0.0)
-    return distances.fill_diagonal_(0.0)
+    inner = gram_matrix(rows) if gram is None else gram
+    if origin is not None:
+        origin64 = origin.double()
+        along = torch.zeros(rows.shape[0], dtype=torch.float64)
+        for block in column_blocks(rows.shape[1]):
+            along += rows[:, block].double() @ origin64[block]
+        inner = origin64.dot(origin64) + along[:, None] + along[None, :] + inner
+    return (1.0 - cosines_from_inner_products(inner)).fill_diagonal_(0.0)
 
 
 def clip_factors(norms: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ Mitigating Poisoning Attacks in Federated Learning", arXiv 2312.04432).
 Like the paper, step 3 compares the local models' spectra (``compare = "models"``): the
 DCT is linear, so a model's coefficients are the global model's plus its update's, and the
 cosine distances come from the updates' coefficients and the global model's
-(:func:`model_cosine_distances`). ``compare = "updates"`` clusters the updates' spectra
+(:func:`~flowerbed.strategies.updates.cosine_distances`). ``compare = "updates"`` clusters the updates' spectra
 alone, which keeps colluders aiming at one target together with the benign majority (see
 FLAME's docstring). Two choices here were not checked against the paper's full text (not
 available offline): every layer with learned weights is transformed (some
@@ -34,16 +34,12 @@ from flowerbed.platform.registry import STRATEGIES
 from ..clustering import majority_cluster
 from ..params import StrategyParams
 from ..update_defence import Aggregation, UpdateDefence
-from ..updates import (
-    ArrayLayout,
-    UpdateBatch,
-    cosine_similarity_matrix,
-    model_cosine_distances,
-)
+from ..updates import ArrayLayout, UpdateBatch, cosine_distances
 
 
 class FreqFedParams(StrategyParams):
-    """FreqFed's low-frequency band (Fereidooni et al., 2024: the top-left half-triangle of the DCT) and what it clusters."""
+    """FreqFed's low-frequency band (Fereidooni et al., 2024: the top-left half-triangle of the DCT)
+    and what it clusters."""
 
     compare: Literal["models", "updates"] = Field(
         "models", description="cluster the spectra of the clients' local models (the paper) or of their updates"
@@ -90,12 +86,10 @@ def freqfed_aggregate(
     of the local models' spectra; without it, of the updates'.
     """
     features = low_frequency_features(updates, layout, cutoff)
-    if global_model is None:
-        distances = (1.0 - cosine_similarity_matrix(features)).clamp(min=0.0)
-    else:
+    global_features = None
+    if global_model is not None:
         global_features = low_frequency_features(global_model.unsqueeze(0), layout, cutoff)[0]
-        distances = model_cosine_distances(features, global_features)
-    accepted = majority_cluster(distances)
+    accepted = majority_cluster(cosine_distances(features, global_features))
     if not bool(accepted.any()):
         return Aggregation(torch.zeros(updates.shape[1], dtype=updates.dtype), accepted)
     kept = weights.double() * accepted
@@ -116,5 +110,5 @@ class FreqFed(UpdateDefence):
             batch.example_weights,
             batch.layout,
             cutoff=self.params.low_frequency_cutoff,
-            global_model=batch.global_vector[: batch.layout.num_learned] if models else None,
+            global_model=batch.learned_global if models else None,
         )

@@ -42,7 +42,7 @@ from flowerbed.platform.registry import STRATEGIES
 from ..clustering import co_membership_distances, hdbscan_labels
 from ..params import StrategyParams
 from ..update_defence import Aggregation, UpdateDefence
-from ..updates import ArrayLayout, UpdateBatch, cosine_similarity_matrix, median_clipped_mean
+from ..updates import ArrayLayout, UpdateBatch, cosine_distances, median_clipped_mean
 
 
 class DeepSightParams(StrategyParams):
@@ -114,9 +114,9 @@ def deepsight_filter(
     min_cluster_size: int = 2,
 ) -> torch.Tensor:
     """DeepSight's ensemble clustering and cluster labelling; returns the accepted mask."""
-    cosine_distances = (1.0 - cosine_similarity_matrix(bias_updates)).clamp(min=0.0)
+    bias_distances = cosine_distances(bias_updates)
     parts = [
-        co_membership_distances(hdbscan_labels(cosine_distances, min_cluster_size=min_cluster_size, precomputed=True)),
+        co_membership_distances(hdbscan_labels(bias_distances, min_cluster_size=min_cluster_size, precomputed=True)),
         co_membership_distances(hdbscan_labels(neups, min_cluster_size=min_cluster_size, precomputed=False)),
     ]
     if ddifs:

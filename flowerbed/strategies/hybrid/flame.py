@@ -28,7 +28,7 @@ from flowerbed.platform.registry import STRATEGIES
 from ..clustering import majority_cluster
 from ..params import StrategyParams
 from ..update_defence import Aggregation, UpdateDefence
-from ..updates import UpdateBatch, cosine_similarity_matrix, gram_matrix, median_clipped_mean, model_cosine_distances
+from ..updates import UpdateBatch, cosine_distances, gram_matrix, median_clipped_mean
 
 
 class FlameParams(StrategyParams):
@@ -55,11 +55,7 @@ def flame_aggregate(
     local models ``global_model + updates[i]``; without it, the updates themselves.
     """
     gram = gram_matrix(updates)
-    if global_model is None:
-        distances = 1.0 - cosine_similarity_matrix(updates, gram)
-    else:
-        distances = model_cosine_distances(updates, global_model, gram)
-    accepted = majority_cluster(distances)
+    accepted = majority_cluster(cosine_distances(updates, global_model, gram))
     if not bool(accepted.any()):
         return Aggregation(torch.zeros(updates.shape[1], dtype=updates.dtype), accepted)
     update, bound = median_clipped_mean(updates, accepted, gram.diagonal().clamp(min=0.0).sqrt())
@@ -81,5 +77,5 @@ class Flame(UpdateDefence):
             batch.learned,
             noise_lambda=self.params.noise_lambda,
             generator=self.round_generator(server_round),
-            global_model=batch.global_vector[: batch.layout.num_learned] if models else None,
+            global_model=batch.learned_global if models else None,
         )
