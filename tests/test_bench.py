@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flowerbed.platform.bench import run_grid, simulate
+from flowerbed.platform.bench import parse_duration, run_grid, simulate
 from flowerbed.platform.bench_grid import parse_grid, read_grid, select_cells
 from flowerbed.platform.bench_report import BACKDOOR_FIELDS, BASE_COLUMNS, collapsed_cells, format_stat
 from flowerbed.platform.cli import main
@@ -85,7 +85,7 @@ def finished(tmp_path_factory, cache_dir):
     grid_path = write_grid(folder, cache_dir)
     runner = CountingRunner()
     counts = run_grid(read_grid(grid_path), folder / "out", runner=runner)
-    assert counts == {"skipped": 0, "done": 4, "failed": 0}
+    assert counts == {"skipped": 0, "done": 4, "failed": 0, "left": 0}
     return grid_path, folder / "out", runner
 
 
@@ -162,7 +162,7 @@ def test_rerun_skips_every_finished_cell_and_changes_no_cell_folder(finished):
     grid_path, out, _ = finished
     before = snapshot(out / "cells")
     counts = run_grid(read_grid(grid_path), out, runner=refuse)
-    assert counts == {"skipped": 4, "done": 0, "failed": 0}
+    assert counts == {"skipped": 4, "done": 0, "failed": 0, "left": 0}
     assert snapshot(out / "cells") == before
 
 
@@ -192,7 +192,7 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(finished, tmp_path, cac
         raise RuntimeError(f"disk full in {config.experiment}")
 
     counts = run_grid(grid, copy, runner=broken)
-    assert counts == {"skipped": 4, "done": 0, "failed": 2}
+    assert counts == {"skipped": 4, "done": 0, "failed": 2, "left": 0}
     assert attempted == ["none__median-b__seed0", "badnets__median-b__seed0"]
     rows = {row["cell"]: row for row in read_csv(copy / "results.csv")}
     assert len(rows) == 6
@@ -203,6 +203,42 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(finished, tmp_path, cac
     text = (copy / "results.md").read_text()
     assert "## Cells without results" in text and "| badnets__median-b__seed0 | failed |" in text
     assert "| badnets | median-b | 0/1 |" in text
+
+
+def test_stop_after_starts_no_cell_once_the_time_is_up_and_a_later_call_continues(finished, tmp_path, cache_dir):
+    _, out, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    grid = read_grid(write_grid(tmp_path, cache_dir))
+    grid.defences["median-b"] = {"strategy.name": "median"}  # two new cells
+    now = [0.0]
+    attempted = []
+
+    def slow_and_broken(config, quiet):  # each cell "takes" 100 s on the stand-in clock
+        attempted.append(config.experiment)
+        now[0] += 100.0
+        raise RuntimeError("stand-in")
+
+    counts = run_grid(grid, copy, runner=slow_and_broken, stop_after=60.0, clock=lambda: now[0])
+    assert counts == {"skipped": 4, "done": 0, "failed": 1, "left": 1}
+    assert attempted == ["none__median-b__seed0"]  # started before the limit, finished after it
+    rows = {row["cell"]: row for row in read_csv(copy / "results.csv")}
+    assert rows["badnets__median-b__seed0"]["status"] == "pending"  # the report is written
+    counts = run_grid(grid, copy, runner=slow_and_broken, clock=lambda: now[0])
+    assert counts == {"skipped": 4, "done": 0, "failed": 2, "left": 0}
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90m", 5400.0), ("1.5h", 5400.0), ("600s", 600.0), (" 2h ", 7200.0)])
+def test_stop_after_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_a_stop_after_without_a_unit_is_refused_by_name(tmp_path, cache_dir, capsys):
+    grid_path = write_grid(tmp_path, cache_dir)
+    with pytest.raises(SystemExit):
+        main(["bench", str(grid_path), "--out", str(tmp_path / "out"), "--stop-after", "90"])
+    assert "'90' is not a duration" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_unfinished_cell_is_resumed_from_its_run_folder(finished, tmp_path):
@@ -264,7 +300,7 @@ def test_rerun_sets_the_matching_cells_aside_and_runs_them_again(finished, tmp_p
     with pytest.raises(ConfigError, match="--rerun defence=krum: not in the grid"):
         run_grid(read_grid(grid_path), copy, runner=refuse, rerun="defence=krum")  # a bad filter moves nothing
     counts = run_grid(read_grid(grid_path), copy, runner=record, rerun="defence=median", only="defence=median")
-    assert counts == {"skipped": 0, "done": 0, "failed": 2}
+    assert counts == {"skipped": 0, "done": 0, "failed": 2, "left": 0}
     assert [name for name, _ in attempted] == ["none__median__seed0", "badnets__median__seed0"]
     (aside,) = (copy / "superseded").iterdir()
     assert sorted(p.name for p in aside.iterdir()) == ["badnets__median__seed0", "none__median__seed0"]
@@ -341,7 +377,7 @@ def test_pretraining_runs_once_per_seed_and_every_cell_starts_from_it(tmp_path, 
     out = tmp_path / "out"
     runner = CountingRunner()
     counts = run_grid(read_grid(grid_path), out, runner=runner)
-    assert counts == {"skipped": 0, "done": 2, "failed": 0}
+    assert counts == {"skipped": 0, "done": 2, "failed": 0, "left": 0}
     assert runner.cells == ["pretraining__seed0", "none__fedavg__seed0", "badnets__fedavg__seed0"]
 
     weights = out / "pretraining" / "seed0.pt"
@@ -376,7 +412,7 @@ def test_a_failed_pretraining_is_recorded_and_its_cells_do_not_run(tmp_path, cac
         raise RuntimeError("the simulation engine did not start")
 
     counts = run_grid(read_grid(grid_path), out, runner=pretraining_breaks)
-    assert counts == {"skipped": 0, "done": 0, "failed": 4}
+    assert counts == {"skipped": 0, "done": 0, "failed": 4, "left": 0}
     assert "the simulation engine did not start" in (out / "pretraining" / "seed0-error.txt").read_text()
     assert not (out / "pretraining" / "seed0.pt").exists()
 

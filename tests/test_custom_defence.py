@@ -82,7 +82,7 @@ fraction-train = 1.0
     path = tmp_path / "grid.toml"
     path.write_text(grid.format(cache_dir=cache_dir, extra=""))
     out = tmp_path / "out"
-    assert run_grid(read_grid(path), out, runner=simulate) == {"skipped": 0, "done": 1, "failed": 0}
+    assert run_grid(read_grid(path), out, runner=simulate) == {"skipped": 0, "done": 1, "failed": 0, "left": 0}
 
     ran: list[str] = []
 
@@ -92,7 +92,7 @@ fraction-train = 1.0
 
     extra = '[defences.norm-filter]\n"strategy.name" = "my_defences:NormFilter"\n"strategy.norm-filter.factor" = 3.0\n'
     path.write_text(grid.format(cache_dir=cache_dir, extra=extra))
-    assert run_grid(read_grid(path), out, runner=counting) == {"skipped": 1, "done": 1, "failed": 0}
+    assert run_grid(read_grid(path), out, runner=counting) == {"skipped": 1, "done": 1, "failed": 0, "left": 0}
     assert ran == ["model-replacement__norm-filter__seed0"]
     with open(out / "results.csv", newline="") as handle:
         rows = {row["defence"]: row for row in csv.DictReader(handle)}

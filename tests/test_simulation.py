@@ -56,6 +56,7 @@ def test_run_folder_holds_every_file_with_consistent_contents(reference):
     assert environment["flowerbed"] == flowerbed.__version__
     assert torch.__version__.startswith(environment["packages"]["torch"])
     assert environment["packages"]["flwr"].startswith("1.42.")
+    assert environment["machine"]["torch-cpu-capability"] == torch.backends.cpu.get_cpu_capability()
 
     rounds = read_metrics(run_dir)
     assert [r["round"] for r in rounds] == [1, 2, 3]

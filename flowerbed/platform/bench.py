@@ -4,6 +4,7 @@
     flowerbed bench experiments/bench-dmba.toml --dry-run       # list the cells and their state
     flowerbed bench experiments/bench-dmba.toml --only attack=dmba,badnets,defence=krum
     flowerbed bench experiments/bench-dmba.toml --rerun defence=flame --only defence=flame   # redo finished cells
+    flowerbed bench experiments/bench-dmba.toml --stop-after 2h # start no cell after 2 hours; rerun to continue
     flowerbed bench --report bench-results/bench-dmba           # re-make tables and plots only
 
 The grid file (TOML)::
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -222,13 +224,19 @@ def run_grid(
     verbose: bool = False,
     console=None,
     rerun: str | None = None,
+    stop_after: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, int]:
     """Validate the grid, run every selected cell that is not done, then write the report.
 
     ``rerun``: a filter of cells whose existing folders are set aside first, so they run again.
+    ``stop_after``: seconds (from the call, pre-training included) after which no further cell
+    starts; the cell running then finishes, the report is written, and a later call continues.
 
-    Returns counts: ``{"skipped": ..., "done": ..., "failed": ...}`` for the selected cells.
+    Returns counts: ``{"skipped": ..., "done": ..., "failed": ..., "left": ...}`` for the selected
+    cells (``left``: not started because of ``stop_after``).
     """
+    started = clock()
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -242,7 +250,7 @@ def run_grid(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MANIFEST, grid.manifest())
 
-    counts = {"skipped": 0, "done": 0, "failed": 0}
+    counts = {"skipped": 0, "done": 0, "failed": 0, "left": 0}
     todo = [p for p in selected if p.state.done is None]
     counts["skipped"] = len(selected) - len(todo)
     for seed in sorted({p.cell.seed for p in todo}) if grid.pretrain_rounds else []:
@@ -280,7 +288,8 @@ def run_grid(
     ) as progress:
         task = progress.add_task("cells", total=len(selected), completed=counts["skipped"] + counts["failed"])
         try:
-            _run_cells(todo, runner, verbose, progress, task, counts)
+            deadline = None if stop_after is None else started + stop_after
+            _run_cells(todo, runner, verbose, progress, task, counts, deadline, clock)
         except KeyboardInterrupt:  # keep what finished: tabulate it, then stop
             progress.stop()
             write_report(out)
@@ -289,14 +298,28 @@ def run_grid(
     written = write_report(out)
     console.print(
         f"bench {grid.name}: {counts['done']} run, {counts['failed']} failed, {counts['skipped']} skipped (already done)"
+        + (f", {counts['left']} not started (--stop-after; run the same command to continue)" if counts["left"] else "")
     )
     for path in written:
         console.print(f"wrote {path}")
     return counts
 
 
-def _run_cells(todo: list[PlannedCell], runner: Runner, verbose: bool, progress, task, counts: dict[str, int]) -> None:
-    for planned in todo:
+def _run_cells(
+    todo: list[PlannedCell],
+    runner: Runner,
+    verbose: bool,
+    progress,
+    task,
+    counts: dict[str, int],
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    for index, planned in enumerate(todo):
+        if deadline is not None and clock() >= deadline:
+            counts["left"] = len(todo) - index
+            progress.console.print(f"--stop-after: time is up; {counts['left']} cell(s) not started")
+            return
         action = "resuming" if planned.state.partial is not None else "running"
         progress.update(task, description=f"{action} {planned.cell.name}")
         began = time.perf_counter()
@@ -360,8 +383,21 @@ def _command_bench(args: argparse.Namespace) -> int:
             )
         console.print(table)
         return 0
-    counts = run_grid(grid, out, only=args.only, verbose=args.verbose, console=console, rerun=args.rerun)
+    counts = run_grid(
+        grid, out, only=args.only, verbose=args.verbose, console=console, rerun=args.rerun, stop_after=args.stop_after
+    )
     return 1 if counts["failed"] else 0
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"90m"``, ``"1.5h"``, ``"600s"`` -> seconds. A unit is required (is "90" minutes or seconds?)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh])\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give a number and a unit s, m or h (e.g. 90m, 2h)")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 def _help_text() -> str:
@@ -385,6 +421,12 @@ def add_bench_command(commands) -> None:
         "--rerun",
         metavar="FILTER",
         help="set the matching cells' folders aside (<out>/superseded/<time>/) so they run again; same syntax as --only",
+    )
+    bench.add_argument(
+        "--stop-after",
+        metavar="DURATION",
+        type=parse_duration,
+        help="start no new cell after this long (e.g. 90m, 2h); the running cell finishes; rerun to continue",
     )
     bench.add_argument("--dry-run", action="store_true", help="validate the grid and list its cells; run nothing")
     bench.add_argument("--report", metavar="OUT", help="re-make results.csv/.md and the figures of OUT; run nothing")

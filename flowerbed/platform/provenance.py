@@ -44,6 +44,31 @@ def git_state(source_dir: Path) -> dict[str, Any] | None:
     return {"commit": commit, "uncommitted-changes": bool(changed)}
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name: Linux's /proc/cpuinfo, else ``platform.processor()`` (may be empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def torch_cpu_capability() -> str | None:
+    """The instruction set torch's CPU kernels dispatch to (e.g. AVX2, AVX512).
+
+    Kernels for different instruction sets sum in different orders, so the same seed can give
+    slightly different weights on another CPU, and a long run can drift apart from there.
+    """
+    try:
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (ImportError, AttributeError):
+        return None
+
+
 def environment() -> dict[str, Any]:
     source_dir = Path(flowerbed.__file__).resolve().parent
     return {
@@ -52,6 +77,12 @@ def environment() -> dict[str, Any]:
         "git": git_state(source_dir),
         "python": platform.python_version(),
         "packages": {name: version for name in PACKAGES if (version := package_version(name)) is not None},
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "cpu": cpu_model(),
+            "torch-cpu-capability": torch_cpu_capability(),
+            "cpus": os.cpu_count(),
+        },
         "command": sys.argv,
     }
