@@ -228,6 +228,32 @@ def test_stop_after_starts_no_cell_once_the_time_is_up_and_a_later_call_continue
     assert counts == {"skipped": 4, "done": 0, "failed": 2, "left": 0}
 
 
+def test_the_tables_are_current_after_every_cell_and_the_figures_wait_for_the_end(finished, tmp_path, cache_dir):
+    _, out, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    grid = read_grid(write_grid(tmp_path, cache_dir))
+    grid.defences["median-b"] = {"strategy.name": "median"}  # two new cells
+    figures_before = snapshot(copy / "plots")
+    seen = []
+
+    def second_cell_reads_the_tables(config, quiet):
+        if config.experiment == "badnets__median-b__seed0":  # as if the grid were killed now
+            seen.append({row["cell"]: row["status"] for row in read_csv(copy / "results.csv")})
+            seen.append((copy / "results.md").read_text())
+            seen.append(snapshot(copy / "plots"))
+        raise RuntimeError("stand-in")
+
+    run_grid(grid, copy, runner=second_cell_reads_the_tables)
+    statuses, markdown, figures_meanwhile = seen
+    assert statuses["none__median-b__seed0"] == "failed"  # the first new cell is already in the table
+    assert statuses["badnets__median-b__seed0"] == "pending"
+    assert statuses["badnets__median__seed0"] == "done"
+    assert "| none__median-b__seed0 | failed |" in markdown
+    assert "![heatmap_asr](heatmap_asr.png)" in markdown  # the figures on disk stay linked
+    assert figures_meanwhile == figures_before  # and are not redrawn between cells
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("90m", 5400.0), ("1.5h", 5400.0), ("600s", 600.0), (" 2h ", 7200.0)])
 def test_stop_after_durations(text, seconds):
     assert parse_duration(text) == seconds

@@ -49,7 +49,8 @@ per attack, mean over seeds with a min–max band). In results.csv, ``seconds`` 
 the run's summed round time (summary.json) and ``wall_seconds`` the bench's
 clock for the cell's last attempt (Ray start-up included); per-backdoor columns
 are ``<backdoor>.<final_asr|max_asr|asr_plus_10|asr_plus_30|last_attack_round>``
-and stay empty where a cell has no such backdoor.
+and stay empty where a cell has no such backdoor. The two tables are re-made after
+every cell (a killed grid leaves them current), the figures when the call ends.
 
 This module plans and runs the grid and holds the command; the grid file is read
 in ``bench_grid.py``, the output folder's layout and cell states are in
@@ -289,7 +290,7 @@ def run_grid(
         task = progress.add_task("cells", total=len(selected), completed=counts["skipped"] + counts["failed"])
         try:
             deadline = None if stop_after is None else started + stop_after
-            _run_cells(todo, runner, verbose, progress, task, counts, deadline, clock)
+            _run_cells(todo, out, runner, verbose, progress, task, counts, deadline, clock)
         except KeyboardInterrupt:  # keep what finished: tabulate it, then stop
             progress.stop()
             write_report(out)
@@ -307,6 +308,7 @@ def run_grid(
 
 def _run_cells(
     todo: list[PlannedCell],
+    out: Path,
     runner: Runner,
     verbose: bool,
     progress,
@@ -325,6 +327,7 @@ def _run_cells(
         began = time.perf_counter()
         status = run_cell(planned, runner, verbose=verbose)
         counts[status] += 1
+        write_report(out, figures=False)  # current tables even if the grid is killed before the end
         progress.advance(task)
         progress.console.print(f"{status:>6} {planned.cell.name} ({time.perf_counter() - began:.0f} s){_headline(planned.cell_dir)}")
 

@@ -380,6 +380,7 @@ def make_figures(out: Path, rows: list[dict[str, Any]], manifest: dict[str, Any]
     """Heatmaps (defence × attack) and per-defence ASR-over-rounds plots; return their paths."""
     out = Path(out)
     defences = manifest["defences"]
+    asr_heatmap, clean_heatmap, *rounds_plots = figure_paths(out, manifest)
     written: list[Path] = []
     attacked = [a for a in manifest["attacks"] if any(r["backdoors"] for r in rows if r["attack"] == a)]
     if attacked and any(r["status"] == "done" for r in rows):
@@ -391,21 +392,20 @@ def make_figures(out: Path, rows: list[dict[str, Any]], manifest: dict[str, Any]
         )
         written.append(
             _heatmap(matrix, defences, attacked, f"{manifest['name']}: final ASR (mean over backdoors and seeds)",
-                     out / "heatmap_asr.png", marked=collapsed_cells(clean), mark_note=note)
+                     asr_heatmap, marked=collapsed_cells(clean), mark_note=note)
         )
     if any(r["status"] == "done" for r in rows):
         attacks = manifest["attacks"]
         matrix = [[_cell_mean(rows, a, d, "clean_acc") for a in attacks] for d in defences]
         written.append(
             _heatmap(matrix, defences, attacks, f"{manifest['name']}: final clean accuracy (mean over seeds)",
-                     out / "heatmap_clean_acc.png")
+                     clean_heatmap)
         )
-    plots = out / "plots"
-    for defence in defences:
+    for defence, path in zip(defences, rounds_plots):
         members = [r for r in rows if r["defence"] == defence and r["status"] == "done"]
         if members:
-            plots.mkdir(exist_ok=True)
-            written.append(_rounds_plot(members, manifest, defence, plots / f"asr_rounds_{defence}.png"))
+            path.parent.mkdir(exist_ok=True)
+            written.append(_rounds_plot(members, manifest, defence, path))
     return written
 
 
@@ -465,13 +465,28 @@ def _rounds_plot(rows: list[dict[str, Any]], manifest: dict[str, Any], defence: 
     return path
 
 
-def write_report(out: str | Path) -> list[Path]:
-    """Re-make results.csv, results.md and the figures from the cell folders under ``out``."""
+def figure_paths(out: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Where :func:`make_figures` puts its figures, in its order (whether made yet or not)."""
+    plots = [out / "plots" / f"asr_rounds_{defence}.png" for defence in manifest["defences"]]
+    return [out / "heatmap_asr.png", out / "heatmap_clean_acc.png", *plots]
+
+
+def write_report(out: str | Path, figures: bool = True) -> list[Path]:
+    """Re-make results.csv, results.md and the figures from the cell folders under ``out``.
+
+    ``figures=False`` re-makes the two tables only (a fraction of a second: the bench does it
+    after every cell, so a killed grid leaves current tables); results.md then links the
+    figures already on disk, as the last full report drew them.
+    """
     out = Path(out).expanduser().resolve()
     manifest, rows = collect_rows(out)
     csv_path = write_csv(rows, out / "results.csv")
-    figures = make_figures(out, rows, manifest)
-    markdown = markdown_report(rows, manifest, [str(f.relative_to(out)) for f in figures])
+    if figures:
+        made = make_figures(out, rows, manifest)
+        linked = made
+    else:
+        made, linked = [], [path for path in figure_paths(out, manifest) if path.is_file()]
+    markdown = markdown_report(rows, manifest, [str(f.relative_to(out)) for f in linked])
     md_path = out / "results.md"
     atomic_write_bytes(md_path, markdown.encode())
-    return [csv_path, md_path, *figures]
+    return [csv_path, md_path, *made]
