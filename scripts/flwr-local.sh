@@ -46,7 +46,7 @@ if healthy; then
 fi
 setsid flower-superlink --insecure --simulation --isolation subprocess \
   --disable-runtime-dependency-installation --host 127.0.0.1 --port "$PORT" \
-  --log-file "$FLWR_HOME/local-superlink/superlink.log" >/dev/null 2>&1 &
+  --log-file "$FLWR_HOME/local-superlink/superlink.log" >"$FLWR_HOME/local-superlink/superlink.out" 2>&1 &
 SUPERLINK_PID=$! RUN_PID="" OUTPUT="$(mktemp)"
 
 stop_pid() {
@@ -71,7 +71,12 @@ trap 'exit 130' INT TERM
 
 for _ in $(seq 75); do
   healthy && break
-  kill -0 "$SUPERLINK_PID" 2>/dev/null || { echo "flower-superlink died; see $FLWR_HOME/local-superlink/superlink.log" >&2; exit 1; }
+  if ! kill -0 "$SUPERLINK_PID" 2>/dev/null; then  # e.g. port $PORT taken by something that is not a SuperLink
+    echo "flower-superlink died on port $PORT; its last output ($FLWR_HOME/local-superlink/superlink.out):" >&2
+    tail -n 5 "$FLWR_HOME/local-superlink/superlink.out" >&2
+    echo "its log: $FLWR_HOME/local-superlink/superlink.log (another port: FLWR_LOCAL_SUPERLINK_HTTP_API_PORT)" >&2
+    exit 1
+  fi
   sleep 0.2
 done
 flwr run . local --stream --federation-config "$FEDERATION_CONFIG" "$@" > >(tee "$OUTPUT") 2>&1 &

@@ -98,3 +98,22 @@ def test_flwr_run_bad_config_fails_with_the_key(tmp_path):
     )
     assert result.returncode != 0
     assert "num-server-rounds" in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="the flower-superlink command is not installed")
+def test_a_taken_port_is_named_with_the_superlinks_own_error(tmp_path):
+    """Something that is not a SuperLink holds the port: the SuperLink cannot bind, and the
+    script says why in the SuperLink's own words instead of a bare "died"."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port)}
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "flwr-local.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+    assert result.returncode == 1
+    assert f"flower-superlink died on port {port}" in result.stderr
+    assert "address already in use" in result.stderr
