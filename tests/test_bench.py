@@ -89,6 +89,17 @@ def finished(tmp_path_factory, cache_dir):
     return grid_path, folder / "out", runner
 
 
+def finished_grid_with_two_new_cells(finished, tmp_path: Path, cache_dir: str):
+    """A copy of the finished grid's folder, and the grid with a defence more ("median-b"):
+    its two cells are new, the four others already done."""
+    _, out, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    grid = read_grid(write_grid(tmp_path, cache_dir))
+    grid.defences["median-b"] = {"strategy.name": "median"}
+    return grid, copy
+
+
 def summary_of(out: Path, cell: str) -> dict:
     (run_dir,) = [p for p in (out / "cells" / cell).iterdir() if (p / "summary.json").is_file()]
     return json.loads((run_dir / "summary.json").read_text())
@@ -180,11 +191,7 @@ def test_report_is_remade_from_the_files_alone(finished, tmp_path):
 
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(finished, tmp_path, cache_dir):
-    _, out, _ = finished
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
-    grid = read_grid(write_grid(tmp_path, cache_dir, extra=""))
-    grid.defences["median-b"] = {"strategy.name": "median"}  # two new cells; both fail
+    grid, copy = finished_grid_with_two_new_cells(finished, tmp_path, cache_dir)
     attempted = []
 
     def broken(config, quiet):
@@ -206,11 +213,7 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(finished, tmp_path, cac
 
 
 def test_stop_after_starts_no_cell_once_the_time_is_up_and_a_later_call_continues(finished, tmp_path, cache_dir):
-    _, out, _ = finished
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
-    grid = read_grid(write_grid(tmp_path, cache_dir))
-    grid.defences["median-b"] = {"strategy.name": "median"}  # two new cells
+    grid, copy = finished_grid_with_two_new_cells(finished, tmp_path, cache_dir)
     now = [0.0]
     attempted = []
 
@@ -229,11 +232,7 @@ def test_stop_after_starts_no_cell_once_the_time_is_up_and_a_later_call_continue
 
 
 def test_the_tables_are_current_after_every_cell_and_the_figures_wait_for_the_end(finished, tmp_path, cache_dir):
-    _, out, _ = finished
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy)
-    grid = read_grid(write_grid(tmp_path, cache_dir))
-    grid.defences["median-b"] = {"strategy.name": "median"}  # two new cells
+    grid, copy = finished_grid_with_two_new_cells(finished, tmp_path, cache_dir)
     figures_before = snapshot(copy / "plots")
     seen = []
 
