@@ -61,3 +61,29 @@ def test_persistence_counts_from_the_last_round_an_attacker_trained():
     # Never sampled: the schedule's last round.
     never = [{**r, "attackers": []} for r in rounds]
     assert build_summary(never, HEADLINE, plan)["backdoors"]["badnets-0"]["last_attack_round"] == 10
+
+
+def test_local_asr_is_summarised_per_backdoor_over_every_attacker_report():
+    # DBA-like: attackers 2 and 10 each implant their own piece; 10's report is in round order, ids numeric.
+    from flowerbed.platform.summary import local_asr_of
+
+    plan = build_attack_plan(
+        parse_run_config(
+            {"num-clients": 12, "attack.name": "dba", "attack.num-attackers": 2, "attack.attacker-ids": "2,10",
+             "attack.end-round": 2, "num-server-rounds": 2}
+        )
+    )
+    pieces = [b.name for b in plan.backdoors() if b.name != "dba-global"]
+    first, second = pieces
+    rounds = [
+        {"round": 1, "clean_acc": 0.9, "attackers": [2, 10], "asr": {n: 0.1 for n in pieces},
+         "local_asr": {"10": {second: 0.4}, "2": {first: 0.6}}},
+        {"round": 2, "clean_acc": 0.9, "attackers": [2, 10], "asr": {n: 0.2 for n in pieces},
+         "local_asr": {"2": {first: 1.0}, "10": {second: 0.8}}},
+    ]
+    assert local_asr_of(rounds, first) == [0.6, 1.0]
+    summary = build_summary(rounds, HEADLINE, plan)
+    assert summary["backdoors"][first]["local_asr_mean"] == pytest.approx(0.8)
+    assert summary["backdoors"][second]["local_asr_last"] == 0.8
+    assert "local_asr_mean" not in summary["backdoors"].get("dba-global", {})
+    assert "local_asr" not in summary["final"]  # per attacker, not a final value of the model

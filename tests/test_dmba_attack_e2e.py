@@ -39,6 +39,7 @@ ATTACK = {
 def test_badnets_attacker_reaches_high_asr_that_a_clean_federation_does_not(small_run):
     attacked = run_experiment({**small_run, **ATTACK, "experiment": "attacked"}, quiet=True)
     clean = run_experiment({**small_run, "experiment": "clean"}, quiet=True)
+    assert not any("local_asr" in r for r in read_metrics(clean.run_dir))
 
     rounds = read_metrics(attacked.run_dir)
     assert [r["attackers"] for r in rounds] == [[0], [0], [0]]  # forced into every round of its window
@@ -48,6 +49,12 @@ def test_badnets_attacker_reaches_high_asr_that_a_clean_federation_does_not(smal
     assert summary["backdoors"]["badnets-0"]["final_asr"] == attacked_asr
     attacker_norms = [r["update_norms"]["0"] for r in rounds]
     assert summary["update_norms"]["attacker_median"] == pytest.approx(sorted(attacker_norms)[1])
+    # The attacker's own trained model, on its own images, carries the backdoor every round.
+    local = [r["local_asr"]["0"]["badnets-0"] for r in rounds]
+    assert [set(r["local_asr"]) for r in rounds] == [{"0"}] * 3
+    assert min(local) >= 0.9, local
+    assert summary["backdoors"]["badnets-0"]["local_asr_mean"] == pytest.approx(sum(local) / 3, abs=1e-5)
+    assert summary["backdoors"]["badnets-0"]["local_asr_last"] == local[-1]
 
     # Score the clean federation's final model with the same backdoor.
     config = parse_run_config({**small_run, **ATTACK})

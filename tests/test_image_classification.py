@@ -68,3 +68,61 @@ def test_fltrust_without_root_images_fails_before_round_one_naming_the_key(small
     config = parse_run_config({**small_run, "strategy.name": "fltrust", "data.server-size": 0})
     with pytest.raises(ConfigError, match="data.server-size"):
         build_strategy(config, ImageClassification(config))
+
+
+class _RedDetector(torch.nn.Module):
+    """Predicts class 2 for an image whose top-left pixel is bright in channel 0, else its mean's class."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(x), 4)
+        logits[:, 1] = 0.5
+        logits[x[:, 0, 0, 0] > 0.9, 2] = 1.0
+        return logits
+
+
+class _CornerTrigger:
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[: len(x) // 2, 0, 0, 0] = 1.0  # only the first half of each batch: a half-working trigger
+        return x
+
+
+def _backdoor(target: int, source_classes=(), name="corner-0"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, trigger=_CornerTrigger(), target=target, source_classes=list(source_classes))
+
+
+def test_triggered_success_counts_only_non_target_and_source_images():
+    from flowerbed.platform.image_classification import triggered_success
+
+    images = torch.zeros(8, 3, 4, 4, dtype=torch.uint8)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    # Target 2: six non-target images, the first three get the trigger and go to class 2.
+    assert triggered_success(_RedDetector(), images, labels, _backdoor(2)) == pytest.approx(3 / 6)
+    # Source class 3 only: two images, the first of them triggered.
+    assert triggered_success(_RedDetector(), images, labels, _backdoor(2, [3])) == pytest.approx(1 / 2)
+    # Target 1, whose "success" the model gives untriggered images too: counted, not excluded.
+    assert triggered_success(_RedDetector(), images, labels, _backdoor(1)) == pytest.approx(3 / 6)
+    # No image the backdoor applies to: undefined, not 0.
+    assert triggered_success(_RedDetector(), images[:2], labels[:2], _backdoor(0)) is None
+
+
+def test_the_local_backdoor_report_leaves_the_model_and_the_random_stream_as_they_were(small_run):
+    from flowerbed.platform.client_app import local_backdoor_report
+    from flowerbed.platform.image_classification import ClientImages
+
+    workload = ImageClassification(parse_run_config(small_run))
+    model = workload.build_model()
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    dataset = workload.client_dataset(0, 4)
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
+    report = local_backdoor_report(workload, model, dataset, [_backdoor(2), _backdoor(9, [11], name="absent-1")])
+    assert torch.equal(torch.rand(3), expected_next)
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
+    # The backdoor with no source image on this client is left out rather than scored 0.
+    assert list(report) == ["corner-0"] and 0.0 <= report["corner-0"] <= 1.0
+    # A workload that cannot measure it reports nothing.
+    assert local_backdoor_report(object(), model, ClientImages(dataset.images, dataset.labels), [_backdoor(2)]) == {}

@@ -34,6 +34,10 @@ from flowerbed.platform.workload import TrainContext, Workload
 
 CONFIG_KEY = "flowerbed-config"
 MEMORY_KEY = "attack-memory"
+# An active attacker's reply also carries this ConfigRecord: "<backdoor name>" -> the attack
+# success rate of its trained local model on its own data. Not a MetricRecord: Flower's
+# strategies require every reply's MetricRecord to have the same keys.
+ATTACK_REPORT_KEY = "attack-report"
 
 app = ClientApp()
 
@@ -121,7 +125,9 @@ def train(msg: Message, context: Context) -> Message:
     local_state = {
         key: value if torch.is_floating_point(value) else global_state[key] for key, value in model.state_dict().items()
     }
+    report: dict[str, float] = {}
     if active:
+        report = local_backdoor_report(runtime.workload, model, dataset, attacker.attack.backdoors)
         local_state = _craft(attacker.attack, global_state, local_state, memory)
         context.state[MEMORY_KEY] = ArrayRecord({k: v.detach().clone() for k, v in memory.items()})
 
@@ -130,7 +136,21 @@ def train(msg: Message, context: Context) -> Message:
         {"num-examples": int(metrics["num-examples"]), "partition-id": partition_id, "attacked": int(active)}
     )
     content = RecordDict({"arrays": ArrayRecord(local_state), "metrics": MetricRecord(reply_metrics)})
+    if report:
+        content[ATTACK_REPORT_KEY] = ConfigRecord(report)
     return Message(content=content, reply_to=msg)
+
+
+def local_backdoor_report(workload: Workload, model: torch.nn.Module, dataset: Any, backdoors) -> dict[str, float]:
+    """Backdoor name -> the attack success rate of the attacker's trained model on its own data,
+    for the backdoors it implants (before ``craft`` shapes the update it sends); empty when the
+    workload cannot measure it. Deterministic and on a forked generator: training is unchanged."""
+    measure = getattr(workload, "local_backdoor_accuracy", None)
+    if measure is None:
+        return {}
+    with torch.random.fork_rng(devices=[]):
+        rates = {backdoor.name: measure(model, dataset, backdoor) for backdoor in backdoors}
+    return {name: float(rate) for name, rate in rates.items() if rate is not None}
 
 
 def benign_reference_update(

@@ -22,7 +22,7 @@ import torch
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
 from flowerbed.platform.arrays import update_norm
-from flowerbed.platform.client_app import config_record
+from flowerbed.platform.client_app import ATTACK_REPORT_KEY, config_record
 from flowerbed.platform.config import ConfigError, RunConfig
 from flowerbed.platform.initial_model import load_initial_weights
 from flowerbed.platform.progress import Progress
@@ -182,6 +182,9 @@ def run_rounds(
         record["clients"] = clients
         if plan.attackers:
             record["attackers"] = attackers_present
+            local_asr = attackers_local_asr(replies)
+            if local_asr:
+                record["local_asr"] = local_asr
         # A round without replies aggregated nothing: no flags or weights (the strategy's are last round's).
         flagged = getattr(strategy, "last_flagged", None) if replies and getattr(strategy, "flags_clients", False) else None
         if flagged is not None:
@@ -203,6 +206,20 @@ def run_rounds(
     summary = build_summary(recorder.rounds, workload.headline_metric(), plan)
     recorder.finish(_detached(model), summary)
     return summary
+
+
+def attackers_local_asr(replies: list[Message]) -> dict[str, dict[str, float]]:
+    """Partition id -> backdoor -> the ASR of that attacker's trained model on its own data,
+    from the attack reports of the aggregated replies (``client_app.local_backdoor_report``)."""
+    local: dict[str, dict[str, float]] = {}
+    for reply in replies:
+        report = reply.content.config_records.get(ATTACK_REPORT_KEY)
+        if report is None:
+            continue
+        rates = {str(name): float(rate) for name, rate in report.items() if isinstance(rate, int | float)}
+        if rates:
+            local[str(int(reply.content["metrics"]["partition-id"]))] = rates
+    return local
 
 
 def _rounded_to_integer_buffers(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

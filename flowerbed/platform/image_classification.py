@@ -165,14 +165,31 @@ class ImageClassification(Workload):
     def attack_success_rate(self, model: nn.Module, backdoor) -> float:
         """Share of the triggered test images the model assigns to the target class: every
         non-target image, or only those of a source-specific backdoor's ``source_classes``."""
-        model.eval()
-        labels = self.dataset.test_labels
-        keep = labels != backdoor.target
-        if backdoor.source_classes:
-            keep &= torch.isin(labels, torch.tensor(backdoor.source_classes, dtype=labels.dtype))
-        images = self.dataset.test_images[keep]
-        hits = 0
-        for start in range(0, len(images), EVAL_BATCH):
-            triggered = backdoor.trigger.apply(to_float(images[start : start + EVAL_BATCH]))
-            hits += (model(triggered).argmax(1) == backdoor.target).sum().item()
-        return hits / max(len(images), 1)
+        rate = triggered_success(model, self.dataset.test_images, self.dataset.test_labels, backdoor)
+        return 0.0 if rate is None else rate
+
+    @torch.no_grad()
+    def local_backdoor_accuracy(self, model: nn.Module, dataset: ClientImages, backdoor) -> float | None:
+        """The attack success rate on an attacker's own training images (None when it has no
+        image the backdoor applies to): whether its local model learned the trigger, which
+        the global ASR cannot tell apart from a backdoor that averaging removed."""
+        return triggered_success(model, dataset.images, dataset.labels, backdoor)
+
+
+@torch.no_grad()
+def triggered_success(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, backdoor) -> float | None:
+    """Share of ``images`` the trigger sends to the backdoor's target, over the images whose label
+    is not the target (and, for a source-specific backdoor, is one of its ``source_classes``);
+    None when there is no such image."""
+    model.eval()
+    keep = labels != backdoor.target
+    if backdoor.source_classes:
+        keep &= torch.isin(labels, torch.tensor(backdoor.source_classes, dtype=labels.dtype))
+    images = images[keep]
+    if len(images) == 0:
+        return None
+    hits = 0
+    for start in range(0, len(images), EVAL_BATCH):
+        triggered = backdoor.trigger.apply(to_float(images[start : start + EVAL_BATCH]))
+        hits += (model(triggered).argmax(1) == backdoor.target).sum().item()
+    return hits / len(images)

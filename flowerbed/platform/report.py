@@ -20,6 +20,16 @@ def _scalar_series(rounds: list[dict[str, Any]]) -> dict[str, list[tuple[int, fl
     return series
 
 
+def local_asr_points(rounds: list[dict[str, Any]], backdoor_name: str) -> list[tuple[int, float]]:
+    """(round, mean local ASR of ``backdoor_name`` over the attackers that trained it that round)."""
+    points = []
+    for record in rounds:
+        rates = [entry[backdoor_name] for entry in record.get("local_asr", {}).values() if backdoor_name in entry]
+        if rates:
+            points.append((record["round"], sum(rates) / len(rates)))
+    return points
+
+
 def attack_windows(run_dir: Path) -> list[tuple[int, int]]:
     """The attack windows (first, last round) of a run, from its attackers.json."""
     path = run_dir / ATTACKERS
@@ -69,7 +79,10 @@ def make_plots(run_dir: str | Path) -> list[Path]:
         figure, axis = plt.subplots(figsize=(7, 4))
         for name in asr_names:
             points = [(r["round"], r["asr"][name]) for r in rounds if name in r.get("asr", {})]
-            axis.plot(*zip(*points), label=f"ASR {name}")
+            (line,) = axis.plot(*zip(*points), label=f"ASR {name}")
+            local = local_asr_points(rounds, name)
+            if local:
+                axis.plot(*zip(*local), "o", markersize=3, color=line.get_color(), label=f"{name} on attackers' data")
         if "clean_acc" in series:
             axis.plot(*zip(*series["clean_acc"]), label="clean accuracy", color="black", linestyle="--")
         shade(axis)
@@ -135,7 +148,7 @@ def summary_table(run_dir: str | Path):
         best = summary["best"]
         table.add_row(f"best {best['metric']}", f"{best['value']:.4f} (round {best['round']})")
     for name, entry in summary.get("backdoors", {}).items():
-        for key in ("asr_plus_10", "asr_plus_30", "rounds_until_below_50"):
+        for key in ("asr_plus_10", "asr_plus_30", "rounds_until_below_50", "local_asr_mean"):
             if key in entry:
                 table.add_row(f"{name} {key}", f"{entry[key]:.4f}" if isinstance(entry[key], float) else str(entry[key]))
     for key, value in summary.get("update_norms", {}).items():

@@ -77,6 +77,17 @@ def update_norm_medians(rounds: list[dict[str, Any]]) -> dict[str, float]:
     return medians
 
 
+def local_asr_of(rounds: list[dict[str, Any]], backdoor_name: str) -> list[float]:
+    """Every recorded local ASR of ``backdoor_name`` (each implanting attacker's trained model on
+    its own data), in round order then partition-id order."""
+    return [
+        rates[backdoor_name]
+        for record in rounds
+        for _, rates in sorted(record.get("local_asr", {}).items(), key=lambda item: int(item[0]))
+        if backdoor_name in rates
+    ]
+
+
 def scored_clients(clients: list[int], failures: list[dict[str, Any]]) -> list[int]:
     """The round's clients whose replies reached the defence: sampled, minus failed or dropped ones."""
     left_out = {failure.get("partition_id") for failure in failures}
@@ -91,7 +102,11 @@ def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=
     final = rounds[-1]
     summary: dict[str, Any] = {
         "rounds_completed": final["round"],
-        "final": {key: value for key, value in final.items() if key not in ("clients", "attackers", "flagged", "failures", "update_norms")},
+        "final": {
+            key: value
+            for key, value in final.items()
+            if key not in ("clients", "attackers", "flagged", "failures", "update_norms", "local_asr")
+        },
         "seconds_total": sum(r.get("seconds", 0.0) for r in rounds),
     }
     scored = [r for r in rounds if isinstance(r.get(metric), (int, float))]
@@ -111,6 +126,10 @@ def build_summary(rounds: list[dict[str, Any]], headline: tuple[str, str], plan=
                 implanting = set(plan.attackers_of(backdoor.name))
                 trained = [r["round"] for r in rounds if implanting & set(r.get("attackers", []))]
                 entry.update(persistence(series, max(trained) if trained else schedule.last_round()))
+            local = local_asr_of(rounds, backdoor.name)
+            if local:
+                entry["local_asr_mean"] = float(np.mean(local))
+                entry["local_asr_last"] = local[-1]
             if getattr(backdoor, "part_of", ""):
                 entry["part_of"] = backdoor.part_of
             per_backdoor[backdoor.name] = entry
