@@ -138,6 +138,8 @@ def test_results_csv_has_one_row_per_cell_with_values_from_the_run_folders(finis
             assert float(row["badnets-0.final_asr"]) == summary["backdoors"]["badnets-0"]["final_asr"]
             assert float(row["asr_final_mean"]) == summary["backdoors"]["badnets-0"]["final_asr"]
             assert row["asr_plus_30_mean"] == ""  # a 2-round run has no round +30
+            local = summary["backdoors"]["badnets-0"]["local_asr_mean"]
+            assert float(row["badnets-0.local_asr_mean"]) == local and 0.0 <= local <= 1.0
         else:
             assert row["badnets-0.final_asr"] == "" and row["asr_final_mean"] == ""
         for key in ("precision", "recall", "fpr"):
@@ -162,7 +164,10 @@ def test_results_md_and_figures(finished):
     assert columns["min clean acc"] == f"{min(clean_accuracies_of(out, 'badnets__median__seed0')):.3f}"
     assert columns["final ASR"] == f"{summary['backdoors']['badnets-0']['final_asr']:.3f}"
     assert columns["max ASR"] == f"{summary['backdoors']['badnets-0']['max_asr']:.3f}"
-    assert any(line.startswith("| badnets | fedavg | badnets-0 |") for line in text.splitlines())
+    backdoor_header = next(line for line in text.splitlines() if line.startswith("| attack | defence | backdoor |"))
+    backdoor_row = next(line for line in text.splitlines() if line.startswith("| badnets | median | badnets-0 |"))
+    backdoor_columns = dict(zip([c.strip() for c in backdoor_header.split("|")], [c.strip() for c in backdoor_row.split("|")]))
+    assert backdoor_columns["local ASR"] == f"{summary['backdoors']['badnets-0']['local_asr_mean']:.3f}"
     assert "## Cells without results" not in text
     for figure in ("heatmap_asr.png", "heatmap_clean_acc.png", "plots/asr_rounds_fedavg.png", "plots/asr_rounds_median.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure

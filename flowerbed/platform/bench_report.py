@@ -62,7 +62,7 @@ BASE_COLUMNS = (
     "run_dir",
     "error",
 )
-BACKDOOR_FIELDS = ("final_asr", "max_asr", "asr_plus_10", "asr_plus_30", "last_attack_round")
+BACKDOOR_FIELDS = ("final_asr", "max_asr", "asr_plus_10", "asr_plus_30", "last_attack_round", "local_asr_mean")
 
 
 # ----------------------------------------------------------------------------- results from files
@@ -216,7 +216,10 @@ EXPLANATION = (
     "rounds of a run; precision is — when the defence flagged nobody, and all three are — for a "
     "rule that cannot leave a client out. *Attacker weight* is, for rules that weight clients, the "
     "mean weight of an attacker's update relative to the round's average client (1 = treated like "
-    "the others, 0 = excluded)."
+    "the others, 0 = excluded). *Local ASR* (backdoor table) is the ASR of the attackers' own trained models "
+    "on their own images, averaged over their attack rounds: low, the attack never learned its trigger; high "
+    "with a low global ASR, the aggregation removed it (— for a backdoor no attacker trains whole, or a "
+    "cell run before it was recorded)."
 )
 
 
@@ -292,6 +295,7 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
                         format_stat([e.get("max_asr") for e in entries], len(done)),
                         format_stat([e.get("asr_plus_10") for e in entries], len(done)),
                         format_stat([e.get("asr_plus_30") for e in entries], len(done)),
+                        format_stat([e.get("local_asr_mean") for e in entries], len(done)),
                     ]
                 )
                 + " |"
@@ -301,8 +305,8 @@ def markdown_report(rows: list[dict[str, Any]], manifest: dict[str, Any], figure
             "",
             "## Backdoors",
             "",
-            "| attack | defence | backdoor | last attack round | final ASR | max ASR | ASR +10 | ASR +30 |",
-            "|---|---|---|---|---|---|---|---|",
+            "| attack | defence | backdoor | last attack round | final ASR | max ASR | ASR +10 | ASR +30 | local ASR |",
+            "|---|---|---|---|---|---|---|---|---|",
             *backdoor_lines,
         ]
 
