@@ -453,3 +453,16 @@ def test_asr_heatmap_marks_cells_whose_model_collapsed():
     clean = [[0.97, 0.96, None], [0.10, 0.48, 0.49]]
     assert collapsed_cells(clean) == [[False, False, False], [True, True, False]]
     assert collapsed_cells([[None]]) == [[False]]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "experiments").glob("bench-*.toml")), ids=lambda p: p.name
+)
+def test_the_shipped_grids_validate_every_cell(path, tmp_path, capsys):
+    # Every cell's run config is parsed by the dry run (a bad key or value would name itself).
+    grid = read_grid(path)
+    assert main(["bench", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    cells = [f"{a}__{d}__seed{s}" for a in grid.attacks for d in grid.defences for s in grid.seeds]
+    assert all(cell in printed for cell in cells)
+    assert not (tmp_path / "out").exists()
