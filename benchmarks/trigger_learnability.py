@@ -1,0 +1,130 @@
+"""Does an attacker's own model learn its trigger? One attack round, at several trigger settings.
+
+A backdoor that is weak in the global model may have been averaged away, or never learned by
+the attacker in the first place; a defence can only be credited with the first. This runs the
+first attack round of one attacker of a grid cell exactly as the ClientApp does (the real
+``client_app.train``, same generators, starting from the grid's pre-trained model) for each
+``--set`` of trigger keys, and prints a Markdown table: the attacker's local ASR (its trained
+model on its own images, as ``local_asr`` in metrics.jsonl), the rate at which the same model
+sends *untriggered* images to the target (what the local ASR is when the trigger is not
+learned at all) and the ASR of the model it sends on the test set.
+
+    OMP_NUM_THREADS=1 python benchmarks/trigger_learnability.py --attack ftrojan \\
+        --set trigger.frequency.window=0,trigger.frequency.magnitude=30 \\
+        --set trigger.frequency.window=8,trigger.frequency.magnitude=30
+
+FTrojan (Wang et al., ECCV 2022) adds its magnitude to DCT coefficients of the chroma channels,
+over the whole image in its CIFAR setting; DMBA's triggers (Liu et al., arXiv 2411.03926) use
+8 x 8 blocks. Needs the grid's pre-training (``flowerbed bench`` makes it in ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+
+from flowerbed.platform import client_app
+from flowerbed.platform.bench_grid import read_grid
+from flowerbed.platform.config import parse_run_config
+from flowerbed.platform.image_classification import triggered_success
+from flowerbed.platform.initial_model import load_initial_weights
+
+
+def parse_assignments(text: str) -> dict[str, object]:
+    """``key=value,key=value`` -> {key: value}, numbers as numbers."""
+    settings: dict[str, object] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        try:
+            settings[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+def first_attack_round(flat: dict[str, object]) -> dict[str, object]:
+    """Train one attacker's first attack round through the ClientApp; return what it measured."""
+    config = parse_run_config(flat)
+    config_json = json.dumps(config.to_flat(), sort_keys=True)
+    runtime = client_app.runtime_for(config_json)
+    workload, plan = runtime.workload, runtime.plan
+    partition_id = plan.attacker_ids[0]
+    attacker = plan.attacker_for(partition_id)
+    server_round = attacker.schedule.start
+    model = workload.build_model()
+    if not load_initial_weights(model, config):
+        raise SystemExit("the grid cell has no model.init: run `flowerbed bench` once so that its pre-training exists")
+    message = Message(
+        content=RecordDict(
+            {
+                "arrays": ArrayRecord(model.state_dict()),
+                "config": ConfigRecord({client_app.CONFIG_KEY: config_json, "server-round": server_round}),
+            }
+        ),
+        metadata=Metadata(
+            run_id=1, message_id="probe", src_node_id=0, dst_node_id=1, reply_to_message_id="", group_id="",
+            created_at=0.0, ttl=3600.0, message_type="train",
+        ),
+    )
+    node = Context(
+        run_id=1, node_id=1, node_config={"partition-id": partition_id, "num-partitions": config.num_clients},
+        state=RecordDict(), run_config={},
+    )
+    began = time.perf_counter()
+    reply = client_app.train(message, node)
+    seconds = time.perf_counter() - began
+    model.load_state_dict(reply.content["arrays"].to_torch_state_dict())
+    backdoor = attacker.attack.backdoors[0]
+    dataset = client_app._client_dataset(config_json, partition_id, config.num_clients)
+    untriggered = SimpleNamespace(
+        trigger=SimpleNamespace(apply=lambda x: x), target=backdoor.target, source_classes=backdoor.source_classes
+    )
+    report = reply.content[client_app.ATTACK_REPORT_KEY]
+    return {
+        "partition": partition_id,
+        "images": len(dataset),
+        "local_asr": float(report[backdoor.name]),
+        "untriggered": triggered_success(model, dataset.images, dataset.labels, untriggered),
+        "test_asr": workload.attack_success_rate(model, backdoor),
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", default="experiments/bench-dmba.toml")
+    parser.add_argument("--out", default="benchmarks/bench-dmba", help="the grid's output folder (its pre-training)")
+    parser.add_argument("--attack", default="ftrojan", help="attack label of the grid")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], help="trigger keys for one row: key=value,key=value")
+    parser.add_argument("--cache-dir", default="", help="data.cache-dir for the run (default: the config's)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    grid = read_grid(args.grid)
+    (cell,) = [c for c in grid.cells() if c.attack == args.attack and c.seed == args.seed and c.defence == "fedavg"]
+    base = cell.flat_config(Path(args.out) / "cells" / cell.name)
+    if args.cache_dir:
+        base["data.cache-dir"] = args.cache_dir
+    print(f"grid {args.grid}, attack {args.attack}, seed {args.seed}, the attacker's first attack round")
+    print("| trigger settings | attacker | its images | local ASR | untriggered -> target | test ASR of its model | s |")
+    print("|---|---|---|---|---|---|---|")
+    for text in args.set or [""]:
+        settings = parse_assignments(text)
+        row = first_attack_round({**base, **settings})
+        label = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in settings.items()) or "the grid's"
+        print(
+            f"| {label} | {row['partition']} | {row['images']} | {row['local_asr']:.3f} | {row['untriggered']:.3f} "
+            f"| {row['test_asr']:.3f} | {row['seconds']:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
