@@ -81,7 +81,7 @@ def first_attack_round(flat: dict[str, object]) -> dict[str, object]:
     seconds = time.perf_counter() - began
     model.load_state_dict(reply.content["arrays"].to_torch_state_dict())
     backdoor = attacker.attack.backdoors[0]
-    dataset = client_app._client_dataset(config_json, partition_id, config.num_clients)
+    dataset = workload.client_dataset(partition_id, config.num_clients)
     untriggered = SimpleNamespace(
         trigger=SimpleNamespace(apply=lambda x: x), target=backdoor.target, source_classes=backdoor.source_classes
     )
