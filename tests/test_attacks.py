@@ -71,8 +71,10 @@ def test_poison_count_rounds_half_up_and_fraction_is_validated():
     assert [poison_count(10, f) for f in (0.0, 0.04, 0.05, 0.15, 0.25, 1.0)] == [0, 0, 1, 2, 3, 10]
     with pytest.raises(ValueError, match="poison_fraction"):
         make_attack("badnets", fraction=1.5)
-    with pytest.raises(Exception, match="poison-epochs"):
+    with pytest.raises(ValueError, match=r"^attack\.badnets\.poison-epochs: .*greater than or equal to 1 \(got 0\)"):
         make_attack("badnets", {"poison-epochs": 0})
+    with pytest.raises(TypeError, match=r"^attack\.badnets: expected"):
+        make_attack("badnets", 3)
 
 
 def test_train_overrides():

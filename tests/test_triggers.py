@@ -75,7 +75,7 @@ def test_trigger_rejects_wrong_image_shape_and_bad_params(name):
         trigger.apply(torch.rand(2, 3, 16, 16))
     with pytest.raises(ValueError, match="index"):
         trigger_class(index=3, count=3, image_shape=SHAPE)
-    with pytest.raises(Exception, match="no-such-param"):
+    with pytest.raises(ValueError, match=rf"^trigger\.{name}\.no-such-param: Extra inputs"):
         trigger_class({"no-such-param": 1}, image_shape=SHAPE)
 
 

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from flowerbed.clients.triggers.base import Backdoor
+from flowerbed.platform.plugin_params import coerce_params
 
 
 class AttackParams(BaseModel):
@@ -91,12 +92,7 @@ class Attack(ABC):
         colluders: Sequence[Backdoor] = (),
         poison_fraction: float,
     ) -> None:
-        if params is None:
-            params = self.Params()
-        elif isinstance(params, Mapping):
-            params = self.Params.model_validate(dict(params))
-        elif not isinstance(params, self.Params):
-            raise TypeError(f"attack params must be {self.Params.__name__}, got {type(params).__name__}")
+        params = coerce_params(f"attack.{self.name}", self.Params, params)
         if not 0.0 <= poison_fraction <= 1.0:
             raise ValueError(f"poison_fraction must be in [0, 1], got {poison_fraction}")
         self.params = params

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
+
+from flowerbed.platform.plugin_params import coerce_params
 
 
 class StrategyParams(BaseModel):
@@ -22,20 +24,7 @@ def parse_params(
     strategy: str, params_class: type[StrategyParams], params: StrategyParams | Mapping[str, Any] | None
 ) -> StrategyParams:
     """Validate ``params`` (an instance, a mapping of aliases/names, or None for defaults)."""
-    if params is None:
-        return params_class()
-    if isinstance(params, params_class):
-        return params
-    if not isinstance(params, Mapping):
-        raise TypeError(
-            f"strategy.{strategy}: expected {params_class.__qualname__} or a mapping, got {type(params).__name__}"
-        )
-    try:
-        return params_class.model_validate(dict(params))
-    except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "(params)"
-        raise ValueError(f"strategy.{strategy}.{key}: {first['msg']} (got {first.get('input')!r})") from error
+    return coerce_params(f"strategy.{strategy}", params_class, params)
 
 
 def param_error(strategy: str, params_class: type[StrategyParams], field: str, message: str) -> ValueError:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from flowerbed.clients.triggers.stealth import stealth_metrics
+from flowerbed.platform.plugin_params import coerce_params
 
 
 class TriggerParams(BaseModel):
@@ -85,12 +86,7 @@ class Trigger(ABC):
         image_shape: tuple[int, int, int],
         seed: int = 0,
     ) -> None:
-        if params is None:
-            params = self.Params()
-        elif isinstance(params, Mapping):
-            params = self.Params.model_validate(dict(params))
-        elif not isinstance(params, self.Params):
-            raise TypeError(f"trigger '{self.name}': params must be {self.Params.__name__}, got {type(params).__name__}")
+        params = coerce_params(f"trigger.{self.name}", self.Params, params)
         if count < 1:
             raise ValueError(f"trigger '{self.name}': count must be >= 1, got {count}")
         if not 0 <= index < count:
