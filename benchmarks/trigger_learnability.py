@@ -2,16 +2,19 @@
 
 A backdoor that is weak in the global model may have been averaged away, or never learned by
 the attacker in the first place; a defence can only be credited with the first. This runs the
-first attack round of one attacker of a grid cell exactly as the ClientApp does (the real
-``client_app.train``, same generators, starting from the grid's pre-trained model) for each
-``--set`` of trigger keys, and prints a Markdown table: the attacker's local ASR (its trained
-model on its own images, as ``local_asr`` in metrics.jsonl), the rate at which the same model
-sends *untriggered* images to the target (what the local ASR is when the trigger is not
-learned at all) and the ASR of the model it sends on the test set.
+first attack round of every attacker of a grid cell exactly as the ClientApp does (the real
+``client_app.train_locally``, same generators, starting from the grid's pre-trained model) for
+each ``--set`` of run-config keys (trigger or attack), and prints a Markdown table, a row per
+attacker: its local ASR (its trained model on its own images, as ``local_asr`` in
+metrics.jsonl), the rate at which the same model sends *untriggered* images to the target
+(what the local ASR is when the trigger is not learned at all) and that model's ASR on the
+test set. All three are the trained model's, before the attack crafts (e.g. boosts) its update.
 
     OMP_NUM_THREADS=1 python benchmarks/trigger_learnability.py --attack ftrojan \\
         --set trigger.frequency.window=0,trigger.frequency.magnitude=30 \\
         --set trigger.frequency.window=8,trigger.frequency.magnitude=30
+    OMP_NUM_THREADS=1 python benchmarks/trigger_learnability.py --attack dmba --seed 1 \
+        --set "" --set attack.dmba.replay=none --set attack.dmba.poison-epochs=30
 
 FTrojan (Wang et al., ECCV 2022) adds its magnitude to DCT coefficients of the chroma channels,
 over the whole image in its CIFAR setting; DMBA's triggers (Liu et al., arXiv 2411.03926) use
@@ -48,52 +51,59 @@ def parse_assignments(text: str) -> dict[str, object]:
     return settings
 
 
-def first_attack_round(flat: dict[str, object]) -> dict[str, object]:
-    """Train one attacker's first attack round through the ClientApp; return what it measured."""
+def first_attack_round(flat: dict[str, object]) -> list[dict[str, object]]:
+    """Train every attacker's first attack round through the ClientApp; return what each measured.
+
+    Everything is measured on the attacker's *trained* model, before ``craft`` shapes (e.g.
+    boosts) the update it sends, so the untriggered rate is the baseline of its local ASR.
+    """
     config = parse_run_config(flat)
     config_json = json.dumps(config.to_flat(), sort_keys=True)
     runtime = client_app.runtime_for(config_json)
     workload, plan = runtime.workload, runtime.plan
-    partition_id = plan.attacker_ids[0]
-    attacker = plan.attacker_for(partition_id)
-    server_round = attacker.schedule.start
-    model = workload.build_model()
-    if not load_initial_weights(model, config):
-        raise SystemExit("the grid cell has no model.init: run `flowerbed bench` once so that its pre-training exists")
-    message = Message(
-        content=RecordDict(
+    rows = []
+    for partition_id in plan.attacker_ids:
+        attacker = plan.attacker_for(partition_id)
+        server_round = attacker.schedule.start
+        model = workload.build_model()
+        if not load_initial_weights(model, config):
+            raise SystemExit("the grid cell has no model.init: run `flowerbed bench` once so that its pre-training exists")
+        message = Message(
+            content=RecordDict(
+                {
+                    "arrays": ArrayRecord(model.state_dict()),
+                    "config": ConfigRecord({client_app.CONFIG_KEY: config_json, "server-round": server_round}),
+                }
+            ),
+            metadata=Metadata(
+                run_id=1, message_id="probe", src_node_id=0, dst_node_id=1, reply_to_message_id="", group_id="",
+                created_at=0.0, ttl=3600.0, message_type="train",
+            ),
+        )
+        node = Context(
+            run_id=1, node_id=1, node_config={"partition-id": partition_id, "num-partitions": config.num_clients},
+            state=RecordDict(), run_config={},
+        )
+        began = time.perf_counter()
+        trained = client_app.train_locally(message, node)
+        seconds = time.perf_counter() - began
+        backdoor = attacker.attack.backdoors[0]
+        dataset = workload.client_dataset(partition_id, config.num_clients)
+        untriggered = SimpleNamespace(
+            trigger=SimpleNamespace(apply=lambda x: x), target=backdoor.target, source_classes=backdoor.source_classes
+        )
+        rows.append(
             {
-                "arrays": ArrayRecord(model.state_dict()),
-                "config": ConfigRecord({client_app.CONFIG_KEY: config_json, "server-round": server_round}),
+                "partition": partition_id,
+                "target": backdoor.target,
+                "images": len(dataset),
+                "local_asr": float(trained.report[backdoor.name]),
+                "untriggered": triggered_success(trained.model, dataset.images, dataset.labels, untriggered),
+                "test_asr": workload.attack_success_rate(trained.model, backdoor),
+                "seconds": seconds,
             }
-        ),
-        metadata=Metadata(
-            run_id=1, message_id="probe", src_node_id=0, dst_node_id=1, reply_to_message_id="", group_id="",
-            created_at=0.0, ttl=3600.0, message_type="train",
-        ),
-    )
-    node = Context(
-        run_id=1, node_id=1, node_config={"partition-id": partition_id, "num-partitions": config.num_clients},
-        state=RecordDict(), run_config={},
-    )
-    began = time.perf_counter()
-    reply = client_app.train(message, node)
-    seconds = time.perf_counter() - began
-    model.load_state_dict(reply.content["arrays"].to_torch_state_dict())
-    backdoor = attacker.attack.backdoors[0]
-    dataset = workload.client_dataset(partition_id, config.num_clients)
-    untriggered = SimpleNamespace(
-        trigger=SimpleNamespace(apply=lambda x: x), target=backdoor.target, source_classes=backdoor.source_classes
-    )
-    report = reply.content[client_app.ATTACK_REPORT_KEY]
-    return {
-        "partition": partition_id,
-        "images": len(dataset),
-        "local_asr": float(report[backdoor.name]),
-        "untriggered": triggered_success(model, dataset.images, dataset.labels, untriggered),
-        "test_asr": workload.attack_success_rate(model, backdoor),
-        "seconds": seconds,
-    }
+        )
+    return rows
 
 
 def main() -> None:
@@ -102,7 +112,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/bench-dmba", help="the grid's output folder (its pre-training)")
     parser.add_argument("--attack", default="ftrojan", help="attack label of the grid")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", action="append", default=[], help="trigger keys for one row: key=value,key=value")
+    parser.add_argument("--set", action="append", default=[], help="run-config keys for one setting: key=value,key=value")
     parser.add_argument("--cache-dir", default="", help="data.cache-dir for the run (default: the config's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -112,18 +122,18 @@ def main() -> None:
     base = cell.flat_config(Path(args.out) / "cells" / cell.name)
     if args.cache_dir:
         base["data.cache-dir"] = args.cache_dir
-    print(f"grid {args.grid}, attack {args.attack}, seed {args.seed}, the attacker's first attack round")
-    print("| trigger settings | attacker | its images | local ASR | untriggered -> target | test ASR of its model | s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"grid {args.grid}, attack {args.attack}, seed {args.seed}, each attacker's first attack round")
+    print("| settings | attacker | target | its images | local ASR | untriggered -> target | test ASR of its model | s |")
+    print("|---|---|---|---|---|---|---|---|")
     for text in args.set or [""]:
         settings = parse_assignments(text)
-        row = first_attack_round({**base, **settings})
         label = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in settings.items()) or "the grid's"
-        print(
-            f"| {label} | {row['partition']} | {row['images']} | {row['local_asr']:.3f} | {row['untriggered']:.3f} "
-            f"| {row['test_asr']:.3f} | {row['seconds']:.0f} |",
-            flush=True,
-        )
+        for row in first_attack_round({**base, **settings}):
+            print(
+                f"| {label} | {row['partition']} | {row['target']} | {row['images']} | {row['local_asr']:.3f} "
+                f"| {row['untriggered']:.3f} | {row['test_asr']:.3f} | {row['seconds']:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

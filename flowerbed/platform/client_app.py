@@ -12,7 +12,7 @@ import copy
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.app import (
@@ -31,6 +31,9 @@ from flowerbed.platform.registry import WORKLOADS
 from flowerbed.platform.roles import AttackPlan, build_attack_plan
 from flowerbed.platform.seeding import generator, seed_torch
 from flowerbed.platform.workload import TrainContext, Workload
+
+if TYPE_CHECKING:
+    from flowerbed.clients.attack import Attack
 
 CONFIG_KEY = "flowerbed-config"
 MEMORY_KEY = "attack-memory"
@@ -78,8 +81,25 @@ def identify(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+@dataclass
+class LocalTraining:
+    """One client's local training of one round, before an attacker shapes what it sends.
+
+    ``local_state`` is the trained model's state (integer buffers as received);
+    ``report`` the attacker's local ASR per backdoor (empty for a benign client).
+    """
+
+    partition_id: int
+    model: torch.nn.Module
+    global_state: dict[str, torch.Tensor]
+    local_state: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    attack: Attack | None  # None: a benign client, or an attacker outside its attack rounds
+    memory: dict[str, torch.Tensor]
+    report: dict[str, float]
+
+
+def train_locally(msg: Message, context: Context) -> LocalTraining:
     """Train the received global model on the local partition (poisoned if this client attacks)."""
     config_json = str(msg.content["config"][CONFIG_KEY])
     runtime = runtime_for(config_json)
@@ -103,10 +123,9 @@ def train(msg: Message, context: Context) -> Message:
     )
 
     attacker = runtime.plan.attacker_for(partition_id)
-    active = attacker is not None and attacker.schedule.is_active(server_round)
+    attack = attacker.attack if attacker is not None and attacker.schedule.is_active(server_round) else None
     memory: dict[str, torch.Tensor] = {}
-    if active:
-        attack = attacker.attack
+    if attack is not None:
         memory = _load_memory(context)
         if attack.wants_benign_update(memory):  # asked before on_train_start, which may change memory
             reference = benign_reference_update(runtime.workload, model, dataset, config, context_)
@@ -125,19 +144,31 @@ def train(msg: Message, context: Context) -> Message:
     local_state = {
         key: value if torch.is_floating_point(value) else global_state[key] for key, value in model.state_dict().items()
     }
-    report: dict[str, float] = {}
-    if active:
-        report = local_backdoor_report(runtime.workload, model, dataset, attacker.attack.backdoors)
-        local_state = _craft(attacker.attack, global_state, local_state, memory)
-        context.state[MEMORY_KEY] = ArrayRecord({k: v.detach().clone() for k, v in memory.items()})
+    report = {} if attack is None else local_backdoor_report(runtime.workload, model, dataset, attack.backdoors)
+    return LocalTraining(partition_id, model, global_state, local_state, metrics, attack, memory, report)
 
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train locally; an attacker then crafts the update it sends and keeps its memory."""
+    trained = train_locally(msg, context)
+    local_state = trained.local_state
+    if trained.attack is not None:
+        local_state = _craft(trained.attack, trained.global_state, local_state, trained.memory)
+        context.state[MEMORY_KEY] = ArrayRecord({k: v.detach().clone() for k, v in trained.memory.items()})
+
+    metrics = trained.metrics
     reply_metrics = {key: float(value) for key, value in metrics.items() if key != "num-examples"}
     reply_metrics.update(
-        {"num-examples": int(metrics["num-examples"]), "partition-id": partition_id, "attacked": int(active)}
+        {
+            "num-examples": int(metrics["num-examples"]),
+            "partition-id": trained.partition_id,
+            "attacked": int(trained.attack is not None),
+        }
     )
     content = RecordDict({"arrays": ArrayRecord(local_state), "metrics": MetricRecord(reply_metrics)})
-    if report:
-        content[ATTACK_REPORT_KEY] = ConfigRecord(report)
+    if trained.report:
+        content[ATTACK_REPORT_KEY] = ConfigRecord(trained.report)
     return Message(content=content, reply_to=msg)
 
 

@@ -1,0 +1,79 @@
+"""The ClientApp's two steps: local training (``train_locally``), then what the client sends (``train``)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+
+from flowerbed.platform import client_app
+from flowerbed.platform.arrays import RUNNING_STATISTICS
+from flowerbed.platform.config import parse_run_config
+
+BOOST = 3.0
+
+
+def dmba_run(small_run) -> str:
+    flat = dict(small_run)
+    flat.update({"data.train-size": 400, "local-epochs": 1, "lr": 0.05, "attack.name": "dmba",
+                 "attack.num-attackers": 2, "attack.attacker-ids": "0,1", "attack.targets": "0,1",
+                 "attack.dmba.boost": BOOST, "attack.dmba.poison-epochs": 2})
+    return json.dumps(parse_run_config(flat).to_flat(), sort_keys=True)
+
+
+def message(config_json: str, server_round: int, global_state: dict[str, torch.Tensor]) -> Message:
+    config = ConfigRecord({client_app.CONFIG_KEY: config_json, "server-round": server_round})
+    metadata = Metadata(run_id=1, message_id="train", src_node_id=0, dst_node_id=1, reply_to_message_id="",
+                        group_id="", created_at=0.0, ttl=3600.0, message_type="train")
+    return Message(content=RecordDict({"arrays": ArrayRecord(global_state), "config": config}), metadata=metadata)
+
+
+def node(partition_id: int) -> Context:
+    return Context(run_id=1, node_id=1, node_config={"partition-id": partition_id, "num-partitions": 4},
+                   state=RecordDict(), run_config={})
+
+
+def test_an_attacker_sends_its_trained_model_crafted_and_reports_the_trained_models_local_asr(small_run):
+    config_json = dmba_run(small_run)
+    runtime = client_app.runtime_for(config_json)
+    torch.manual_seed(3)
+    global_state = {k: v.clone() for k, v in runtime.workload.build_model().state_dict().items()}
+
+    trained = client_app.train_locally(message(config_json, 1, global_state), node(0))
+    reply = client_app.train(message(config_json, 1, global_state), node(0))
+    sent = reply.content["arrays"].to_torch_state_dict()
+
+    assert trained.attack is runtime.plan.attacker_for(0).attack
+    # The report is measured on the trained model, not on the boosted one it sends.
+    assert dict(reply.content[client_app.ATTACK_REPORT_KEY]) == trained.report
+    dataset = runtime.workload.client_dataset(0, 4)
+    assert trained.report == client_app.local_backdoor_report(
+        runtime.workload, trained.model, dataset, trained.attack.backdoors
+    )
+    # What it sends: the learned weights' update boosted, BatchNorm statistics and counters as trained.
+    learned = [key for key, value in global_state.items() if torch.is_floating_point(value)
+               and not key.endswith(RUNNING_STATISTICS)]
+    assert learned and any(not torch.equal(trained.local_state[key], global_state[key]) for key in learned)
+    for key, value in sent.items():
+        if key in learned:
+            expected = global_state[key] + BOOST * (trained.local_state[key] - global_state[key])
+            torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(value, trained.local_state[key]), key
+
+
+def test_a_benign_client_sends_exactly_its_trained_model_and_reports_nothing(small_run):
+    config_json = dmba_run(small_run)
+    torch.manual_seed(3)
+    global_state = {k: v.clone() for k, v in client_app.runtime_for(config_json).workload.build_model().state_dict().items()}
+
+    trained = client_app.train_locally(message(config_json, 1, global_state), node(2))
+    reply = client_app.train(message(config_json, 1, global_state), node(2))
+
+    assert trained.attack is None and trained.report == {}
+    assert client_app.ATTACK_REPORT_KEY not in reply.content.config_records
+    sent = reply.content["arrays"].to_torch_state_dict()
+    assert sent.keys() == trained.local_state.keys()
+    assert all(torch.equal(sent[key], trained.local_state[key]) for key in sent)
+    assert int(reply.content["metrics"]["attacked"]) == 0 and int(reply.content["metrics"]["partition-id"]) == 2
