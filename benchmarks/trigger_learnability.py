@@ -13,7 +13,7 @@ test set. All three are the trained model's, before the attack crafts (e.g. boos
     OMP_NUM_THREADS=1 python benchmarks/trigger_learnability.py --attack ftrojan \\
         --set trigger.frequency.window=0,trigger.frequency.magnitude=30 \\
         --set trigger.frequency.window=8,trigger.frequency.magnitude=30
-    OMP_NUM_THREADS=1 python benchmarks/trigger_learnability.py --attack dmba --seed 1 \
+    OMP_NUM_THREADS=1 python benchmarks/trigger_learnability.py --attack dmba --seed 1 \\
         --set "" --set attack.dmba.replay=none --set attack.dmba.poison-epochs=30
 
 FTrojan (Wang et al., ECCV 2022) adds its magnitude to DCT coefficients of the chroma channels,
