@@ -30,7 +30,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
 from flowerbed.platform import client_app
 from flowerbed.platform.bench_grid import read_grid
@@ -68,22 +67,8 @@ def first_attack_round(flat: dict[str, object]) -> list[dict[str, object]]:
         model = workload.build_model()
         if not load_initial_weights(model, config):
             raise SystemExit("the grid cell has no model.init: run `flowerbed bench` once so that its pre-training exists")
-        message = Message(
-            content=RecordDict(
-                {
-                    "arrays": ArrayRecord(model.state_dict()),
-                    "config": ConfigRecord({client_app.CONFIG_KEY: config_json, "server-round": server_round}),
-                }
-            ),
-            metadata=Metadata(
-                run_id=1, message_id="probe", src_node_id=0, dst_node_id=1, reply_to_message_id="", group_id="",
-                created_at=0.0, ttl=3600.0, message_type="train",
-            ),
-        )
-        node = Context(
-            run_id=1, node_id=1, node_config={"partition-id": partition_id, "num-partitions": config.num_clients},
-            state=RecordDict(), run_config={},
-        )
+        message = client_app.train_message(config_json, server_round, model.state_dict())
+        node = client_app.node_context(partition_id, config.num_clients)
         began = time.perf_counter()
         trained = client_app.train_locally(message, node)
         seconds = time.perf_counter() - began

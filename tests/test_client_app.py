@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
 from flowerbed.platform import client_app
 from flowerbed.platform.arrays import RUNNING_STATISTICS
@@ -22,26 +21,15 @@ def dmba_run(small_run) -> str:
     return json.dumps(parse_run_config(flat).to_flat(), sort_keys=True)
 
 
-def message(config_json: str, server_round: int, global_state: dict[str, torch.Tensor]) -> Message:
-    config = ConfigRecord({client_app.CONFIG_KEY: config_json, "server-round": server_round})
-    metadata = Metadata(run_id=1, message_id="train", src_node_id=0, dst_node_id=1, reply_to_message_id="",
-                        group_id="", created_at=0.0, ttl=3600.0, message_type="train")
-    return Message(content=RecordDict({"arrays": ArrayRecord(global_state), "config": config}), metadata=metadata)
-
-
-def node(partition_id: int) -> Context:
-    return Context(run_id=1, node_id=1, node_config={"partition-id": partition_id, "num-partitions": 4},
-                   state=RecordDict(), run_config={})
-
-
 def test_an_attacker_sends_its_trained_model_crafted_and_reports_the_trained_models_local_asr(small_run):
     config_json = dmba_run(small_run)
     runtime = client_app.runtime_for(config_json)
     torch.manual_seed(3)
     global_state = {k: v.clone() for k, v in runtime.workload.build_model().state_dict().items()}
 
-    trained = client_app.train_locally(message(config_json, 1, global_state), node(0))
-    reply = client_app.train(message(config_json, 1, global_state), node(0))
+    message = client_app.train_message(config_json, 1, global_state)
+    trained = client_app.train_locally(message, client_app.node_context(0, 4))
+    reply = client_app.train(message, client_app.node_context(0, 4))
     sent = reply.content["arrays"].to_torch_state_dict()
 
     assert trained.attack is runtime.plan.attacker_for(0).attack
@@ -68,8 +56,9 @@ def test_a_benign_client_sends_exactly_its_trained_model_and_reports_nothing(sma
     torch.manual_seed(3)
     global_state = {k: v.clone() for k, v in client_app.runtime_for(config_json).workload.build_model().state_dict().items()}
 
-    trained = client_app.train_locally(message(config_json, 1, global_state), node(2))
-    reply = client_app.train(message(config_json, 1, global_state), node(2))
+    message = client_app.train_message(config_json, 1, global_state)
+    trained = client_app.train_locally(message, client_app.node_context(2, 4))
+    reply = client_app.train(message, client_app.node_context(2, 4))
 
     assert trained.attack is None and trained.report == {}
     assert client_app.ATTACK_REPORT_KEY not in reply.content.config_records

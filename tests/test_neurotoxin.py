@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 from torch import nn
 
 from flowerbed.clients.attack import Attack
@@ -125,21 +124,12 @@ def run_config(small_run, **attack) -> str:
     return json.dumps(parse_run_config(flat).to_flat(), sort_keys=True)
 
 
-def train_message(config_json: str, server_round: int, global_state: dict[str, torch.Tensor]) -> Message:
-    config = ConfigRecord({client_app.CONFIG_KEY: config_json, "server-round": server_round})
-    content = RecordDict({"arrays": ArrayRecord(global_state), "config": config})
-    metadata = Metadata(run_id=1, message_id=f"train-{server_round}", src_node_id=0, dst_node_id=1,
-                        reply_to_message_id="", group_id="", created_at=0.0, ttl=3600.0, message_type="train")
-    return Message(content=content, metadata=metadata)  # as delivered by a SuperLink
-
-
 def test_client_app_hands_the_attacker_a_clean_benign_update_and_trains_it_only_when_asked(small_run, monkeypatch):
     config_json = run_config(small_run, **{"mask-ratio": 0.1})
     runtime = client_app.runtime_for(config_json)
     config, workload = runtime.config, runtime.workload
     attack = runtime.plan.attacker_for(0).attack
-    node = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 4},
-                   state=RecordDict(), run_config={})
+    node = client_app.node_context(0, 4)
     torch.manual_seed(1)
     global_state = {k: v.clone() for k, v in workload.build_model().state_dict().items()}
 
@@ -156,7 +146,7 @@ def test_client_app_hands_the_attacker_a_clean_benign_update_and_trains_it_only_
 
     monkeypatch.setattr(attack, "on_benign_update", recording_hand_over)
     monkeypatch.setattr(workload, "train", counting_train)
-    client_app.train(train_message(config_json, 1, global_state), node)
+    client_app.train(client_app.train_message(config_json, 1, global_state), node)
 
     # Round 1 (no previous global model): two trainings, the first the benign reference.
     assert len(received) == 1 and len(trainings) == 2
@@ -183,5 +173,5 @@ def test_client_app_hands_the_attacker_a_clean_benign_update_and_trains_it_only_
     assert any(key.startswith(MEMORY_PREFIX) for key in client_app._load_memory(node))
     received.clear()
     trainings.clear()
-    client_app.train(train_message(config_json, 2, global_state), node)
+    client_app.train(client_app.train_message(config_json, 2, global_state), node)
     assert received == [] and len(trainings) == 1

@@ -20,6 +20,7 @@ from flwr.app import (
     ConfigRecord,
     Context,
     Message,
+    Metadata,
     MetricRecord,
     RecordDict,
 )
@@ -235,3 +236,21 @@ def _craft(attack, global_state, local_state, memory) -> dict[str, torch.Tensor]
 def config_record(config: RunConfig) -> ConfigRecord:
     """The ConfigRecord every server message carries: the resolved config as JSON."""
     return ConfigRecord({CONFIG_KEY: json.dumps(config.to_flat(), sort_keys=True)})
+
+
+def train_message(config_json: str, server_round: int, global_state: dict[str, torch.Tensor]) -> Message:
+    """A train Message as a SuperLink delivers it: drives `train` or `train_locally` outside a run."""
+    config = ConfigRecord({CONFIG_KEY: config_json, "server-round": server_round})
+    metadata = Metadata(
+        run_id=1, message_id=f"train-{server_round}", src_node_id=0, dst_node_id=1, reply_to_message_id="",
+        group_id="", created_at=0.0, ttl=3600.0, message_type="train",
+    )
+    return Message(content=RecordDict({"arrays": ArrayRecord(global_state), "config": config}), metadata=metadata)
+
+
+def node_context(partition_id: int, num_partitions: int) -> Context:
+    """The Context of a fresh simulated node (empty state) holding partition `partition_id`."""
+    return Context(
+        run_id=1, node_id=1, node_config={"partition-id": partition_id, "num-partitions": num_partitions},
+        state=RecordDict(), run_config={},
+    )
