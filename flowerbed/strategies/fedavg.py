@@ -8,10 +8,10 @@ from typing import Any
 from flwr.serverapp import strategy as flwr_strategy
 
 from flowerbed.platform.registry import STRATEGIES
+from flowerbed.platform.server_model import ServerModelHooks
 
 from .base import FlagsNobody, FlowerbedStrategy, flower_kwargs
 from .params import StrategyParams
-from flowerbed.platform.server_model import ServerModelHooks
 
 
 @STRATEGIES.register("fedavg")

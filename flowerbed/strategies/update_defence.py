@@ -18,9 +18,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from flowerbed.platform.server_model import ServerModelHooks
+
 from .base import FlowerbedStrategy, flower_kwargs
 from .params import StrategyParams
-from flowerbed.platform.server_model import ServerModelHooks
 from .updates import UpdateBatch, UpdateMatrixBuffer
 
 

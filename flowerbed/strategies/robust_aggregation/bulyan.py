@@ -19,10 +19,10 @@ from flwr.supercore import log
 from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
+from flowerbed.platform.server_model import ServerModelHooks
 
 from ..base import FlowerbedStrategy, flower_kwargs
 from ..params import StrategyParams
-from flowerbed.platform.server_model import ServerModelHooks
 from .coordinatewise import bulyan_coordinate_aggregate, reply_arrays
 from .krum_selection import select_multikrum
 

@@ -36,11 +36,11 @@ from pydantic import Field
 
 from flowerbed.platform.arrays import array_view, is_learned, update_norm
 from flowerbed.platform.registry import STRATEGIES
+from flowerbed.platform.server_model import ServerModelHooks
 
 from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
 from ..params import StrategyParams
 from ..updates import coordinatewise_median
-from flowerbed.platform.server_model import ServerModelHooks
 
 
 class DpFixedClippingParams(StrategyParams):

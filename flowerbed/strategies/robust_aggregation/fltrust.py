@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from flowerbed.platform.registry import STRATEGIES
+from flowerbed.platform.server_model import ServerModelHooks
 
 from ..params import StrategyParams
-from flowerbed.platform.server_model import ServerModelHooks
 from ..update_defence import Aggregation, UpdateDefence
 from ..updates import UpdateBatch
 

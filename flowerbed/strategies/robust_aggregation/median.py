@@ -13,10 +13,10 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import strategy as flwr_strategy
 
 from flowerbed.platform.registry import STRATEGIES
+from flowerbed.platform.server_model import ServerModelHooks
 
 from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
 from ..params import StrategyParams
-from flowerbed.platform.server_model import ServerModelHooks
 from .coordinatewise import CoordinatewiseAggregation, median_aggregate
 
 

@@ -13,9 +13,9 @@ from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
+from flowerbed.platform.server_model import ServerModelHooks
 
 from ..base import FlowerbedStrategy, flower_kwargs
-from flowerbed.platform.server_model import ServerModelHooks
 from .krum import KrumParams, check_krum_tolerance
 from .krum_selection import ReportsKrumSelection
 

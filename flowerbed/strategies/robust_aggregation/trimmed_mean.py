@@ -15,10 +15,10 @@ from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
+from flowerbed.platform.server_model import ServerModelHooks
 
 from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
 from ..params import StrategyParams
-from flowerbed.platform.server_model import ServerModelHooks
 from .coordinatewise import CoordinatewiseAggregation, trimmed_mean_aggregate
 
 
