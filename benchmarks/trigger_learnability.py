@@ -57,7 +57,7 @@ def first_attack_round(flat: dict[str, object]) -> list[dict[str, object]]:
     boosts) the update it sends, so the untriggered rate is the baseline of its local ASR.
     """
     config = parse_run_config(flat)
-    config_json = json.dumps(config.to_flat(), sort_keys=True)
+    config_json = client_app.config_json(config)
     runtime = client_app.runtime_for(config_json)
     workload, plan = runtime.workload, runtime.plan
     rows = []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 
 from flowerbed.platform import client_app
@@ -18,7 +16,7 @@ def dmba_run(small_run) -> str:
     flat.update({"data.train-size": 400, "local-epochs": 1, "lr": 0.05, "attack.name": "dmba",
                  "attack.num-attackers": 2, "attack.attacker-ids": "0,1", "attack.targets": "0,1",
                  "attack.dmba.boost": BOOST, "attack.dmba.poison-epochs": 2})
-    return json.dumps(parse_run_config(flat).to_flat(), sort_keys=True)
+    return client_app.config_json(parse_run_config(flat))
 
 
 def test_an_attacker_sends_its_trained_model_crafted_and_reports_the_trained_models_local_asr(small_run):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from torch import nn
@@ -121,7 +119,7 @@ def run_config(small_run, **attack) -> str:
                  "attack.name": "neurotoxin", "attack.num-attackers": 1, "attack.attacker-ids": "0",
                  "attack.neurotoxin.poison-epochs": 2, "attack.neurotoxin.attacker-lr": 0.2})
     flat.update({f"attack.neurotoxin.{key}": value for key, value in attack.items()})
-    return json.dumps(parse_run_config(flat).to_flat(), sort_keys=True)
+    return client_app.config_json(parse_run_config(flat))
 
 
 def test_client_app_hands_the_attacker_a_clean_benign_update_and_trains_it_only_when_asked(small_run, monkeypatch):

@@ -233,9 +233,14 @@ def _craft(attack, global_state, local_state, memory) -> dict[str, torch.Tensor]
     return result
 
 
+def config_json(config: RunConfig) -> str:
+    """The resolved config as the JSON every server message carries (and `runtime_for` is keyed by)."""
+    return json.dumps(config.to_flat(), sort_keys=True)
+
+
 def config_record(config: RunConfig) -> ConfigRecord:
     """The ConfigRecord every server message carries: the resolved config as JSON."""
-    return ConfigRecord({CONFIG_KEY: json.dumps(config.to_flat(), sort_keys=True)})
+    return ConfigRecord({CONFIG_KEY: config_json(config)})
 
 
 def train_message(config_json: str, server_round: int, global_state: dict[str, torch.Tensor]) -> Message:
