@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import flowerbed
+from flowerbed.platform.arrays import is_learned
 from flowerbed.platform.config import parse_run_config
 from flowerbed.platform.recorder import read_metrics
 from flowerbed.platform.simulation import run_experiment
@@ -146,8 +147,7 @@ def test_resume_refuses_a_different_config(reference):
 def _learned_weights(run_dir: Path) -> torch.Tensor:
     """A run's saved learned weights as one vector (BatchNorm's running statistics left out: they move at any lr)."""
     state = torch.load(run_dir / "model.pt", weights_only=True)
-    running = ("running_mean", "running_var", "num_batches_tracked")
-    return torch.cat([value.flatten().double() for key, value in state.items() if not key.endswith(running)])
+    return torch.cat([value.flatten().double() for key, value in state.items() if is_learned(key, value.numpy().dtype)])
 
 
 def test_model_init_starts_the_federation_from_given_weights(reference, tmp_path):
