@@ -36,8 +36,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from flowerbed.platform.allocator import keep_freed_memory
 from flowerbed.platform.registry import STRATEGIES
 from flowerbed.platform.server_model import ServerModelHooks
-from flowerbed.strategies.update_defence import UpdateDefence
-from flowerbed.strategies.updates import UpdateBatch
+from flowerbed.strategies.core.update_defence import UpdateDefence
+from flowerbed.strategies.core.updates import UpdateBatch
 
 # How each rule's cost grows with n clients and d parameters (default O(n d)).
 COST = {

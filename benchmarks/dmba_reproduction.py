@@ -56,10 +56,10 @@ from typing import Any
 
 import torch
 
-from flowerbed.platform.cli import parse_assignment, read_experiment
+from flowerbed.cli import parse_assignment, read_experiment
 from flowerbed.platform.config import RunConfig, parse_run_config
-from flowerbed.platform.data.base import to_float
-from flowerbed.platform.image_classification import ImageClassification
+from flowerbed.workloads.image_classification.data.base import to_float
+from flowerbed.workloads.image_classification.workload import ImageClassification
 from flowerbed.platform.recorder import CHECKPOINT, CONFIG, METRICS, read_metrics
 from flowerbed.platform.roles import build_attack_plan
 
@@ -128,7 +128,7 @@ def build_arms(quick: bool, overrides: dict[str, Any], runs_dir: Path) -> list[A
 
 def flowerbed_run(flat: dict[str, Any], log: Path) -> None:
     """``flowerbed run`` in a subprocess (one Flower simulation each); raise if it fails."""
-    command = [sys.executable, "-m", "flowerbed.platform.cli", "run", "--quiet"]
+    command = [sys.executable, "-m", "flowerbed.cli", "run", "--quiet"]
     for key, value in flat.items():
         command += ["--set", f"{key}={json.dumps(value)}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

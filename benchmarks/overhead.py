@@ -110,8 +110,8 @@ def measure_plain(args: argparse.Namespace) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from flowerbed.platform.config import parse_run_config
-    from flowerbed.platform.data import load_dataset
-    from flowerbed.platform.data.partition import partition_indices
+    from flowerbed.workloads.image_classification.data import load_dataset
+    from flowerbed.platform.partitioning import partition_indices
     from flowerbed.platform.registry import MODELS
     from flowerbed.platform.seeding import generator, seed_torch
 
@@ -334,7 +334,7 @@ def main() -> None:
 
     # Build the dataset once, so no measurement pays for it.
     from flowerbed.platform.config import parse_run_config
-    from flowerbed.platform.data import load_dataset
+    from flowerbed.workloads.image_classification.data import load_dataset
 
     load_dataset(parse_run_config(run_config(args, output_dir=args.scratch)).data)
 

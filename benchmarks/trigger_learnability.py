@@ -32,9 +32,9 @@ from types import SimpleNamespace
 import torch
 
 from flowerbed.platform import client_app
-from flowerbed.platform.bench_grid import read_grid
+from flowerbed.bench.grid import read_grid
 from flowerbed.platform.config import parse_run_config
-from flowerbed.platform.image_classification import triggered_success
+from flowerbed.workloads.image_classification.workload import triggered_success
 from flowerbed.platform.initial_model import load_initial_weights
 
 

@@ -23,7 +23,7 @@ import torch
 
 from flowerbed.platform.arrays import is_learned
 from flowerbed.platform.config import parse_run_config
-from flowerbed.platform.image_classification import ImageClassification
+from flowerbed.workloads.image_classification.workload import ImageClassification
 from flowerbed.platform.seeding import generator
 from flowerbed.platform.workload import TrainContext
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from flowerbed.platform.bench import parse_duration, run_grid, simulate
-from flowerbed.platform.bench_grid import parse_grid, read_grid, select_cells
-from flowerbed.platform.bench_report import BACKDOOR_FIELDS, BASE_COLUMNS, collapsed_cells, format_stat
-from flowerbed.platform.cli import main
+from flowerbed.bench.command import parse_duration, run_grid, simulate
+from flowerbed.bench.grid import parse_grid, read_grid, select_cells
+from flowerbed.bench.report import BACKDOOR_FIELDS, BASE_COLUMNS, collapsed_cells, format_stat
+from flowerbed.cli import main
 from flowerbed.platform.config import ConfigError
 
 GRID_TOML = """

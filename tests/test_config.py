@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flowerbed.platform.cli import flwr_run_overrides, parse_assignment, pyproject_config_block
+from flowerbed.cli import flwr_run_overrides, parse_assignment, pyproject_config_block
 from flowerbed.platform.config import ConfigError, RunConfig, default_flat_config, parse_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_cli_overrides_parse_toml_values():
 
 def test_cli_reports_bad_config_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "flowerbed.platform.cli", "run", "--set", "num-server-rounds=-1"],
+        [sys.executable, "-m", "flowerbed.cli", "run", "--set", "num-server-rounds=-1"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -162,7 +162,7 @@ def test_cli_reports_bad_config_without_traceback(tmp_path):
     "path", sorted(p for p in (ROOT / "experiments").glob("*.toml") if not p.name.startswith("bench-")), ids=lambda p: p.name
 )
 def test_every_experiment_file_resolves(path):
-    from flowerbed.platform.cli import resolve_config
+    from flowerbed.cli import resolve_config
 
     config = resolve_config(str(path), [])
     assert config.experiment  # named after the file unless it sets one

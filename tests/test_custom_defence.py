@@ -13,9 +13,9 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from flowerbed.platform.bench import run_grid, simulate
-from flowerbed.platform.bench_grid import read_grid
-from flowerbed.strategies.updates import UpdateBatch
+from flowerbed.bench.command import run_grid, simulate
+from flowerbed.bench.grid import read_grid
+from flowerbed.strategies.core.updates import UpdateBatch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "docs" / "examples"

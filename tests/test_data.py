@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from flowerbed.platform.config import PartitionConfig, parse_run_config
-from flowerbed.platform.data import load_dataset
-from flowerbed.platform.data.digits_rgb import build_digits_rgb32
-from flowerbed.platform.data.partition import partition_indices
+from flowerbed.workloads.image_classification.data import load_dataset
+from flowerbed.workloads.image_classification.data.digits_rgb import build_digits_rgb32
+from flowerbed.platform.partitioning import partition_indices
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_dataset_is_cached_on_disk(cache_dir):
     from pathlib import Path
 
     assert any(Path(cache_dir).glob("digits-rgb32-*train300-test50.pt"))
-    from flowerbed.platform.data.digits_rgb import DigitsRGB32
+    from flowerbed.workloads.image_classification.data.digits_rgb import DigitsRGB32
 
     reloaded = DigitsRGB32.load(config.data)
     assert torch.equal(reloaded.train_images, first.train_images)

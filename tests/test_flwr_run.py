@@ -61,7 +61,7 @@ def test_flwr_run_a_user_attack_from_the_app_directory(tmp_path, cache_dir):
         "PYTHONPATH": str(app),
     }
     block = subprocess.run(
-        [sys.executable, "-m", "flowerbed.platform.cli", "config", "--pyproject", "--set", "plugins=my_attacks"],
+        [sys.executable, "-m", "flowerbed.cli", "config", "--pyproject", "--set", "plugins=my_attacks"],
         cwd=app, env=env, capture_output=True, text=True, check=True,
     ).stdout
     pyproject = (ROOT / "pyproject.toml").read_text()

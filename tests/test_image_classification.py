@@ -9,7 +9,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from flowerbed.platform.config import ConfigError, parse_run_config
-from flowerbed.platform.image_classification import EVAL_BATCH, ImageClassification
+from flowerbed.workloads.image_classification.workload import EVAL_BATCH, ImageClassification
 from flowerbed.platform.server_app import build_strategy
 from flowerbed.platform.workload import TrainContext
 
@@ -94,7 +94,7 @@ def _backdoor(target: int, source_classes=(), name="corner-0"):
 
 
 def test_triggered_success_counts_only_non_target_and_source_images():
-    from flowerbed.platform.image_classification import triggered_success
+    from flowerbed.workloads.image_classification.workload import triggered_success
 
     images = torch.zeros(8, 3, 4, 4, dtype=torch.uint8)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
@@ -110,7 +110,7 @@ def test_triggered_success_counts_only_non_target_and_source_images():
 
 def test_the_local_backdoor_report_leaves_the_model_and_the_random_stream_as_they_were(small_run):
     from flowerbed.platform.client_app import local_backdoor_report
-    from flowerbed.platform.image_classification import ClientImages
+    from flowerbed.workloads.image_classification.workload import ClientImages
 
     workload = ImageClassification(parse_run_config(small_run))
     model = workload.build_model()

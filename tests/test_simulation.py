@@ -80,7 +80,7 @@ def test_run_folder_holds_every_file_with_consistent_contents(reference):
     assert checkpoint["round"] == 3
     assert all(torch.equal(final_model[k], checkpoint["model"][k]) for k in final_model)
     # The saved model reproduces the recorded accuracy.
-    from flowerbed.platform.image_classification import ImageClassification
+    from flowerbed.workloads.image_classification.workload import ImageClassification
 
     workload = ImageClassification(parse_run_config(flat))
     model = workload.build_model()
@@ -103,7 +103,7 @@ def test_same_seed_gives_identical_metrics_and_killed_run_resumes(reference, tmp
     re-runs that round on resume), so the kill waits for the checkpoint file."""
     flat, reference_dir = reference
     output = tmp_path / "runs"
-    command = [sys.executable, "-m", "flowerbed.platform.cli", "run", "--quiet"]
+    command = [sys.executable, "-m", "flowerbed.cli", "run", "--quiet"]
     for key, value in {**flat, "output-dir": str(output), "experiment": "killed"}.items():
         command += ["--set", f"{key}={json.dumps(value)}"]
     process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -168,7 +168,7 @@ def test_model_init_starts_the_federation_from_given_weights(reference, tmp_path
 
 def test_model_init_accepts_a_file_or_checkpoint_and_names_the_key_when_wrong(reference, tmp_path):
     from flowerbed.platform.config import ConfigError
-    from flowerbed.platform.image_classification import ImageClassification
+    from flowerbed.workloads.image_classification.workload import ImageClassification
     from flowerbed.platform.initial_model import load_initial_weights
 
     flat, run_dir = reference

@@ -18,8 +18,8 @@ from flowerbed.platform.sanitize import sanitize_replies
 from flowerbed.platform.server_model import ServerModelHooks
 from flowerbed.strategies.robust_aggregation.coordinatewise import closest_to_median_window
 from flowerbed.strategies.robust_aggregation.krum_selection import squared_distances
-from flowerbed.strategies.update_defence import UpdateDefence
-from flowerbed.strategies.updates import UpdateBatch, UpdateMatrixBuffer
+from flowerbed.strategies.core.update_defence import UpdateDefence
+from flowerbed.strategies.core.updates import UpdateBatch, UpdateMatrixBuffer
 
 SHAPES = {"hidden.weight": (6, 5), "hidden.bias": (6,), "out.weight": (4, 6), "out.bias": (4,)}
 FLOAT_SIZE = sum(math.prod(shape) for shape in SHAPES.values())

@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord
 
 from flowerbed.strategies.anomaly_detection.foolsgold import UpdateHistory, foolsgold_aggregate, foolsgold_weights
 from flowerbed.strategies.anomaly_detection.freqfed import freqfed_aggregate, low_frequency_features
-from flowerbed.strategies.clustering import majority_cluster
+from flowerbed.strategies.core.clustering import majority_cluster
 from flowerbed.strategies.hybrid.deepsight import deepsight_filter, suspicious_labels, threshold_exceedings
 from flowerbed.strategies.hybrid.flame import flame_aggregate
 from flowerbed.strategies.robust_aggregation.centered_clipping import centered_clipping
@@ -18,7 +18,7 @@ from flowerbed.strategies.robust_aggregation.fltrust import fltrust_aggregate
 from flowerbed.strategies.robust_aggregation.norm_clipping import norm_clipping_aggregate
 from flowerbed.strategies.robust_aggregation.rfa import geometric_median
 from flowerbed.strategies.robust_aggregation.rlr import rlr_aggregate
-from flowerbed.strategies.updates import (
+from flowerbed.strategies.core.updates import (
     ArrayLayout,
     cosine_distances,
     cosine_similarity_matrix,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
-from flowerbed.strategies.params import StrategyParams
-from flowerbed.strategies.update_defence import Aggregation, UpdateDefence
-from flowerbed.strategies.updates import UpdateBatch
+from flowerbed.strategies.core.params import StrategyParams
+from flowerbed.strategies.core.update_defence import Aggregation, UpdateDefence
+from flowerbed.strategies.core.updates import UpdateBatch
 
 
 class NormFilterParams(StrategyParams):

@@ -15,9 +15,8 @@ T = TypeVar("T")
 
 # Packages whose import fills the registries (each registers its members on import).
 PLUGIN_PACKAGES = (
-    "flowerbed.platform.data",
-    "flowerbed.platform.models",
-    "flowerbed.platform.image_classification",
+    "flowerbed.platform.partitioning",
+    "flowerbed.workloads",
     "flowerbed.strategies",
     "flowerbed.clients",
     "flowerbed.extensions",

@@ -10,8 +10,8 @@ from flwr.serverapp import strategy as flwr_strategy
 from flowerbed.platform.registry import STRATEGIES
 from flowerbed.platform.server_model import ServerModelHooks
 
-from .base import FlagsNobody, FlowerbedStrategy, flower_kwargs
-from .params import StrategyParams
+from .core.base import FlagsNobody, FlowerbedStrategy, flower_kwargs
+from .core.params import StrategyParams
 
 
 @STRATEGIES.register("fedavg")

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 
-from flowerbed.platform.cli import main as flowerbed_main
-from flowerbed.platform.cli import resolve_config
+from flowerbed.cli import main as flowerbed_main
+from flowerbed.cli import resolve_config
 from flowerbed.platform.config import ConfigError, parse_run_config
 from flowerbed.platform.recorder import read_metrics
 from flowerbed.platform.registry import WORKLOADS

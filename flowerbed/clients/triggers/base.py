@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from flowerbed.clients.triggers.stealth import stealth_metrics
+from flowerbed.clients.triggers.helpers.stealth import stealth_metrics
 from flowerbed.platform.plugin_params import coerce_params
 
 

@@ -41,9 +41,9 @@ from pydantic import Field
 from torch import Tensor
 
 from flowerbed.clients.triggers.base import Trigger, TriggerParams
-from flowerbed.clients.triggers.dct import check_window
-from flowerbed.clients.triggers.parsing import parse_int_list
-from flowerbed.clients.triggers.spectral import edit_coefficients
+from flowerbed.clients.triggers.helpers.dct import check_window
+from flowerbed.clients.triggers.helpers.parsing import parse_int_list
+from flowerbed.clients.triggers.helpers.spectral import edit_coefficients
 from flowerbed.platform.registry import TRIGGERS
 
 

@@ -28,10 +28,10 @@ from pydantic import Field
 from torch import Tensor
 
 from flowerbed.clients.triggers.base import Trigger, TriggerParams
-from flowerbed.clients.triggers.colour import rgb_to_ycbcr, ycbcr_to_rgb
-from flowerbed.clients.triggers.dct import check_window
-from flowerbed.clients.triggers.parsing import parse_int_list, parse_positions
-from flowerbed.clients.triggers.spectral import check_positions, edit_coefficients
+from flowerbed.clients.triggers.helpers.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from flowerbed.clients.triggers.helpers.dct import check_window
+from flowerbed.clients.triggers.helpers.parsing import parse_int_list, parse_positions
+from flowerbed.clients.triggers.helpers.spectral import check_positions, edit_coefficients
 from flowerbed.platform.registry import TRIGGERS
 
 

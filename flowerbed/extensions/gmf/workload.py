@@ -182,7 +182,7 @@ class GMFWorkload(Workload):
         if num_partitions == 1:
             return train
         from flowerbed.platform.config import PartitionConfig
-        from flowerbed.platform.data.partition import partition_indices
+        from flowerbed.platform.partitioning import partition_indices
 
         partition_config = getattr(self.config, "partition", None) or PartitionConfig(name="iid")
         parts = partition_indices(train.labels, num_partitions, partition_config, self.params.data_seed)

@@ -155,7 +155,7 @@ class MGCMWorkload(Workload):
         if num_partitions > len(corpus):
             raise ValueError(f"train-size ({len(corpus)}) is smaller than the number of partitions ({num_partitions})")
         from flowerbed.platform.config import PartitionConfig
-        from flowerbed.platform.data.partition import partition_indices
+        from flowerbed.platform.partitioning import partition_indices
 
         partition_config = getattr(self.config, "partition", None) or PartitionConfig(name="iid")
         labels = corpus.source_lengths - self.params.min_source_len

@@ -12,7 +12,7 @@ Mitigating Poisoning Attacks in Federated Learning", arXiv 2312.04432).
 Like the paper, step 3 compares the local models' spectra (``compare = "models"``): the
 DCT is linear, so a model's coefficients are the global model's plus its update's, and the
 cosine distances come from the updates' coefficients and the global model's
-(:func:`~flowerbed.strategies.updates.cosine_distances`). ``compare = "updates"`` clusters the updates' spectra
+(:func:`~flowerbed.strategies.core.updates.cosine_distances`). ``compare = "updates"`` clusters the updates' spectra
 alone, which keeps colluders aiming at one target together with the benign majority (see
 FLAME's docstring). Two choices here were not checked against the paper's full text (not
 available offline): every layer with learned weights is transformed (some
@@ -31,10 +31,10 @@ from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
 
-from ..clustering import majority_cluster
-from ..params import StrategyParams
-from ..update_defence import Aggregation, UpdateDefence
-from ..updates import ArrayLayout, UpdateBatch, cosine_distances
+from ..core.clustering import majority_cluster
+from ..core.params import StrategyParams
+from ..core.update_defence import Aggregation, UpdateDefence
+from ..core.updates import ArrayLayout, UpdateBatch, cosine_distances
 
 
 class FreqFedParams(StrategyParams):

@@ -39,10 +39,10 @@ from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
 
-from ..clustering import co_membership_distances, hdbscan_labels
-from ..params import StrategyParams
-from ..update_defence import Aggregation, UpdateDefence
-from ..updates import ArrayLayout, UpdateBatch, cosine_distances, median_clipped_mean
+from ..core.clustering import co_membership_distances, hdbscan_labels
+from ..core.params import StrategyParams
+from ..core.update_defence import Aggregation, UpdateDefence
+from ..core.updates import ArrayLayout, UpdateBatch, cosine_distances, median_clipped_mean
 
 
 class DeepSightParams(StrategyParams):

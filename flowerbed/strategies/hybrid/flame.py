@@ -25,10 +25,10 @@ from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
 
-from ..clustering import majority_cluster
-from ..params import StrategyParams
-from ..update_defence import Aggregation, UpdateDefence
-from ..updates import UpdateBatch, cosine_distances, gram_matrix, median_clipped_mean
+from ..core.clustering import majority_cluster
+from ..core.params import StrategyParams
+from ..core.update_defence import Aggregation, UpdateDefence
+from ..core.updates import UpdateBatch, cosine_distances, gram_matrix, median_clipped_mean
 
 
 class FlameParams(StrategyParams):

@@ -15,9 +15,9 @@ from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
 
-from ..params import StrategyParams
-from ..update_defence import Aggregation, UpdateDefence
-from ..updates import UpdateBatch, clip_factors, distances_to
+from ..core.params import StrategyParams
+from ..core.update_defence import Aggregation, UpdateDefence
+from ..core.updates import UpdateBatch, clip_factors, distances_to
 
 
 class CenteredClippingParams(StrategyParams):

@@ -37,7 +37,7 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 from flowerbed.platform.arrays import array_view
 
-from ..updates import column_blocks
+from ..core.updates import column_blocks
 
 # Coordinates per block: 100 clients x 8192 x 4 bytes = 3.2 MB, resident in cache while it is sorted.
 BLOCK = 8192

@@ -38,9 +38,9 @@ from flowerbed.platform.arrays import array_view, is_learned, update_norm
 from flowerbed.platform.registry import STRATEGIES
 from flowerbed.platform.server_model import ServerModelHooks
 
-from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
-from ..params import StrategyParams
-from ..updates import coordinatewise_median
+from ..core.base import FlagsNobody, FlowerbedStrategy, flower_kwargs
+from ..core.params import StrategyParams
+from ..core.updates import coordinatewise_median
 
 
 class DpFixedClippingParams(StrategyParams):

@@ -28,9 +28,9 @@ import torch
 from flowerbed.platform.registry import STRATEGIES
 from flowerbed.platform.server_model import ServerModelHooks
 
-from ..params import StrategyParams
-from ..update_defence import Aggregation, UpdateDefence
-from ..updates import UpdateBatch
+from ..core.params import StrategyParams
+from ..core.update_defence import Aggregation, UpdateDefence
+from ..core.updates import UpdateBatch
 
 
 def fltrust_aggregate(updates: torch.Tensor, root_update: torch.Tensor, norms: torch.Tensor | None = None) -> Aggregation:

@@ -14,8 +14,8 @@ from pydantic import Field
 from flowerbed.platform.registry import STRATEGIES
 from flowerbed.platform.server_model import ServerModelHooks
 
-from ..base import FlowerbedStrategy, flower_kwargs
-from ..params import StrategyParams
+from ..core.base import FlowerbedStrategy, flower_kwargs
+from ..core.params import StrategyParams
 from .krum_selection import ReportsKrumSelection
 
 

@@ -15,8 +15,8 @@ from flwr.serverapp import strategy as flwr_strategy
 from flowerbed.platform.registry import STRATEGIES
 from flowerbed.platform.server_model import ServerModelHooks
 
-from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
-from ..params import StrategyParams
+from ..core.base import FlagsNobody, FlowerbedStrategy, flower_kwargs
+from ..core.params import StrategyParams
 from .coordinatewise import CoordinatewiseAggregation, median_aggregate
 
 

@@ -15,7 +15,7 @@ from pydantic import Field
 from flowerbed.platform.registry import STRATEGIES
 from flowerbed.platform.server_model import ServerModelHooks
 
-from ..base import FlowerbedStrategy, flower_kwargs
+from ..core.base import FlowerbedStrategy, flower_kwargs
 from .krum import KrumParams, check_krum_tolerance
 from .krum_selection import ReportsKrumSelection
 

@@ -17,8 +17,8 @@ from pydantic import Field
 from flowerbed.platform.registry import STRATEGIES
 from flowerbed.platform.server_model import ServerModelHooks
 
-from ..base import FlagsNobody, FlowerbedStrategy, flower_kwargs
-from ..params import StrategyParams
+from ..core.base import FlagsNobody, FlowerbedStrategy, flower_kwargs
+from ..core.params import StrategyParams
 from .coordinatewise import CoordinatewiseAggregation, trimmed_mean_aggregate
 
 

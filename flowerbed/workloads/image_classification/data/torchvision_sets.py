@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowerbed.platform.data.base import ImageDataset
+from flowerbed.workloads.image_classification.data.base import ImageDataset
 from flowerbed.platform.registry import DATASETS
 
 # name -> (torchvision class name, classes, image shape, split keyword, where the files go)

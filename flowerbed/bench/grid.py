@@ -1,7 +1,7 @@
 """The grid file of ``flowerbed bench``: a TOML file of attacks × defences × seeds.
 
 :func:`read_grid` parses and checks its structure into a :class:`Grid` of
-:class:`Cell` s (the format is described in :mod:`flowerbed.platform.bench`);
+:class:`Cell` s (the format is described in :mod:`flowerbed.bench.command`);
 :func:`select_cells` is the ``--only`` filter.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowerbed.platform.bench_pretraining import pretrained_weights
+from flowerbed.bench.pretraining import pretrained_weights
 from flowerbed.platform.config import ConfigError, flatten
 
 GRID_KEYS = ("name", "seeds", "pretrain-rounds", "base", "attacks", "defences")

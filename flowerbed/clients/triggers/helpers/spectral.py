@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from flowerbed.clients.triggers.dct import block_dct2, block_idct2
+from flowerbed.clients.triggers.helpers.dct import block_dct2, block_idct2
 
 
 def check_positions(

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flowerbed.platform.bench_cells import inspect_cell, stale_keys
+from flowerbed.bench.cells import inspect_cell, stale_keys
 from flowerbed.platform.config import ConfigError, RunConfig, parse_run_config
 from flowerbed.platform.recorder import CONFIG, MODEL, atomic_write_bytes
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flowerbed.platform.bench_cells import (
+from flowerbed.bench.cells import (
     CELL_RECORD,
     CELLS,
     MANIFEST,

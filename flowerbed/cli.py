@@ -1,4 +1,4 @@
-"""The ``flowerbed`` command: run, report, list, config.
+"""The ``flowerbed`` command: run, report, list, config, bench.
 
     flowerbed run experiments/dmba.toml --set num-server-rounds=5 --set partition.alpha=0.1
     flowerbed run experiments/lfm-moons.toml --local
@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from flowerbed.bench.command import add_bench_command
 from flowerbed.platform.config import ConfigError, default_flat_config, flatten, parse_run_config
 
 LOCAL_OVERRIDES = {"num-clients": 1, "fraction-train": 1.0, "min-clients": 1}
@@ -209,12 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("flwr_args", nargs=argparse.REMAINDER)
     check.set_defaults(handler=_command_check_flwr_args)
 
-    try:
-        from flowerbed.platform.bench import add_bench_command
-    except ImportError:
-        pass
-    else:
-        add_bench_command(commands)
+    add_bench_command(commands)
     return parser
 
 

@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowerbed.platform.bench_cells import (
+from flowerbed.bench.cells import (
     CELL_RECORD,
     ERROR_LOG,
     MANIFEST,
@@ -80,14 +80,14 @@ from flowerbed.platform.bench_cells import (
     stale_keys,
     supersede_cells,
 )
-from flowerbed.platform.bench_grid import NO_ATTACK, Cell, Grid, read_grid, select_cells
-from flowerbed.platform.bench_pretraining import (
+from flowerbed.bench.grid import NO_ATTACK, Cell, Grid, read_grid, select_cells
+from flowerbed.bench.pretraining import (
     check_existing,
     ensure_pretrained,
     pretraining_config,
     pretraining_error_log,
 )
-from flowerbed.platform.bench_report import cell_row, write_report
+from flowerbed.bench.report import cell_row, write_report
 from flowerbed.platform.config import ConfigError, RunConfig, parse_run_config
 from flowerbed.platform.recorder import CONFIG, atomic_write_bytes, atomic_write_json
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowerbed.platform.data import load_dataset
-from flowerbed.platform.data.base import to_float
-from flowerbed.platform.data.partition import partition_indices
+from flowerbed.workloads.image_classification.data import load_dataset
+from flowerbed.workloads.image_classification.data.base import to_float
+from flowerbed.platform.partitioning import partition_indices
 from flowerbed.platform.registry import MODELS, WORKLOADS
 from flowerbed.platform.workload import TrainContext, Workload
 

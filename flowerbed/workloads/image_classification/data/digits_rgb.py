@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from flowerbed.platform.data.base import ImageDataset
+from flowerbed.workloads.image_classification.data.base import ImageDataset
 from flowerbed.platform.registry import DATASETS
 
 BUILD_VERSION = 1
