@@ -34,7 +34,7 @@ esac
 cd "$ROOT"
 # Validate the run config first (bad input fails here, naming the key); the federation
 # needs as many simulated nodes as the run config has clients.
-NUM_CLIENTS="$("$PYTHON" -m flowerbed.platform.cli check-flwr-args -- "$@")"
+NUM_CLIENTS="$("$PYTHON" -m flowerbed.cli check-flwr-args -- "$@")"
 FEDERATION_CONFIG="num-supernodes=$NUM_CLIENTS client-resources-num-cpus=${CPUS_PER_CLIENT:-1}"
 
 mkdir -p "$FLWR_HOME/local-superlink"
