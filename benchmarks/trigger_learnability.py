@@ -31,7 +31,7 @@ from types import SimpleNamespace
 
 import torch
 
-from flowerbed.platform import client_app
+from flowerbed.platform import client_app, messages
 from flowerbed.bench.grid import read_grid
 from flowerbed.platform.config import parse_run_config
 from flowerbed.workloads.image_classification.workload import triggered_success
@@ -57,7 +57,7 @@ def first_attack_round(flat: dict[str, object]) -> list[dict[str, object]]:
     boosts) the update it sends, so the untriggered rate is the baseline of its local ASR.
     """
     config = parse_run_config(flat)
-    config_json = client_app.config_json(config)
+    config_json = messages.config_json(config)
     runtime = client_app.runtime_for(config_json)
     workload, plan = runtime.workload, runtime.plan
     rows = []
@@ -67,8 +67,8 @@ def first_attack_round(flat: dict[str, object]) -> list[dict[str, object]]:
         model = workload.build_model()
         if not load_initial_weights(model, config):
             raise SystemExit("the grid cell has no model.init: run `flowerbed bench` once so that its pre-training exists")
-        message = client_app.train_message(config_json, server_round, model.state_dict())
-        node = client_app.node_context(partition_id, config.num_clients)
+        message = messages.train_message(config_json, server_round, model.state_dict())
+        node = messages.node_context(partition_id, config.num_clients)
         began = time.perf_counter()
         trained = client_app.train_locally(message, node)
         seconds = time.perf_counter() - began

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from flowerbed.platform import client_app
+from flowerbed.platform import client_app, messages
 from flowerbed.platform.arrays import RUNNING_STATISTICS
 from flowerbed.platform.config import parse_run_config
 
@@ -16,7 +16,7 @@ def dmba_run(small_run) -> str:
     flat.update({"data.train-size": 400, "local-epochs": 1, "lr": 0.05, "attack.name": "dmba",
                  "attack.num-attackers": 2, "attack.attacker-ids": "0,1", "attack.targets": "0,1",
                  "attack.dmba.boost": BOOST, "attack.dmba.poison-epochs": 2})
-    return client_app.config_json(parse_run_config(flat))
+    return messages.config_json(parse_run_config(flat))
 
 
 def test_an_attacker_sends_its_trained_model_crafted_and_reports_the_trained_models_local_asr(small_run):
@@ -25,14 +25,14 @@ def test_an_attacker_sends_its_trained_model_crafted_and_reports_the_trained_mod
     torch.manual_seed(3)
     global_state = {k: v.clone() for k, v in runtime.workload.build_model().state_dict().items()}
 
-    message = client_app.train_message(config_json, 1, global_state)
-    trained = client_app.train_locally(message, client_app.node_context(0, 4))
-    reply = client_app.train(message, client_app.node_context(0, 4))
+    message = messages.train_message(config_json, 1, global_state)
+    trained = client_app.train_locally(message, messages.node_context(0, 4))
+    reply = client_app.train(message, messages.node_context(0, 4))
     sent = reply.content["arrays"].to_torch_state_dict()
 
     assert trained.attack is runtime.plan.attacker_for(0).attack
     # The report is measured on the trained model, not on the boosted one it sends.
-    assert dict(reply.content[client_app.ATTACK_REPORT_KEY]) == trained.report
+    assert dict(reply.content[messages.ATTACK_REPORT_KEY]) == trained.report
     dataset = runtime.workload.client_dataset(0, 4)
     assert trained.report == client_app.local_backdoor_report(
         runtime.workload, trained.model, dataset, trained.attack.backdoors
@@ -54,12 +54,12 @@ def test_a_benign_client_sends_exactly_its_trained_model_and_reports_nothing(sma
     torch.manual_seed(3)
     global_state = {k: v.clone() for k, v in client_app.runtime_for(config_json).workload.build_model().state_dict().items()}
 
-    message = client_app.train_message(config_json, 1, global_state)
-    trained = client_app.train_locally(message, client_app.node_context(2, 4))
-    reply = client_app.train(message, client_app.node_context(2, 4))
+    message = messages.train_message(config_json, 1, global_state)
+    trained = client_app.train_locally(message, messages.node_context(2, 4))
+    reply = client_app.train(message, messages.node_context(2, 4))
 
     assert trained.attack is None and trained.report == {}
-    assert client_app.ATTACK_REPORT_KEY not in reply.content.config_records
+    assert messages.ATTACK_REPORT_KEY not in reply.content.config_records
     sent = reply.content["arrays"].to_torch_state_dict()
     assert sent.keys() == trained.local_state.keys()
     assert all(torch.equal(sent[key], trained.local_state[key]) for key in sent)

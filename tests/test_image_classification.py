@@ -10,8 +10,8 @@ from flwr.app import ArrayRecord
 
 from flowerbed.platform.config import ConfigError, parse_run_config
 from flowerbed.workloads.image_classification.workload import EVAL_BATCH, ImageClassification
-from flowerbed.platform.server_app import build_strategy
-from flowerbed.platform.workload import TrainContext
+from flowerbed.platform.run_parts import build_strategy
+from flowerbed.platform.workload import TrainContext, Workload
 
 
 def test_models_are_channels_last_with_unchanged_state_dict_shapes(small_run):
@@ -124,5 +124,31 @@ def test_the_local_backdoor_report_leaves_the_model_and_the_random_stream_as_the
     assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
     # The backdoor with no source image on this client is left out rather than scored 0.
     assert list(report) == ["corner-0"] and 0.0 <= report["corner-0"] <= 1.0
-    # A workload that cannot measure it reports nothing.
-    assert local_backdoor_report(object(), model, ClientImages(dataset.images, dataset.labels), [_backdoor(2)]) == {}
+    # A workload that cannot measure it (Workload's default hook) reports nothing.
+    cannot_measure = _WorkloadWithoutHooks(parse_run_config(small_run))
+    assert local_backdoor_report(cannot_measure, model, ClientImages(dataset.images, dataset.labels), [_backdoor(2)]) == {}
+
+
+class _WorkloadWithoutHooks(Workload):
+    """A workload that overrides none of the optional hooks."""
+
+    name = "without-hooks"
+
+    def build_model(self):
+        return torch.nn.Linear(1, 1)
+
+    def client_dataset(self, partition_id, num_partitions):
+        return []
+
+    def train(self, model, dataset, context):
+        return {"train_loss": 0.0, "num-examples": 0}
+
+    def evaluate(self, model):
+        return {}
+
+
+def test_optional_workload_hooks_default_to_none(small_run):
+    workload = _WorkloadWithoutHooks(parse_run_config(small_run))
+    assert workload.server_model_hooks() is None
+    assert workload.local_backdoor_accuracy(workload.build_model(), [], _backdoor(2)) is None
+    assert workload.backdoors == []

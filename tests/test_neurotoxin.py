@@ -10,7 +10,7 @@ from flowerbed.clients.attack import Attack
 from flowerbed.clients.attacks.neurotoxin import MEMORY_PREFIX, Neurotoxin
 from flowerbed.clients.triggers.base import Backdoor
 from flowerbed.clients.triggers.patch import PatchTrigger
-from flowerbed.platform import client_app
+from flowerbed.platform import client_app, messages
 from flowerbed.platform.config import parse_run_config
 from flowerbed.workloads.image_classification.workload import ImageClassification
 from flowerbed.platform.seeding import generator, seed_torch
@@ -119,7 +119,7 @@ def run_config(small_run, **attack) -> str:
                  "attack.name": "neurotoxin", "attack.num-attackers": 1, "attack.attacker-ids": "0",
                  "attack.neurotoxin.poison-epochs": 2, "attack.neurotoxin.attacker-lr": 0.2})
     flat.update({f"attack.neurotoxin.{key}": value for key, value in attack.items()})
-    return client_app.config_json(parse_run_config(flat))
+    return messages.config_json(parse_run_config(flat))
 
 
 def test_client_app_hands_the_attacker_a_clean_benign_update_and_trains_it_only_when_asked(small_run, monkeypatch):
@@ -127,7 +127,7 @@ def test_client_app_hands_the_attacker_a_clean_benign_update_and_trains_it_only_
     runtime = client_app.runtime_for(config_json)
     config, workload = runtime.config, runtime.workload
     attack = runtime.plan.attacker_for(0).attack
-    node = client_app.node_context(0, 4)
+    node = messages.node_context(0, 4)
     torch.manual_seed(1)
     global_state = {k: v.clone() for k, v in workload.build_model().state_dict().items()}
 
@@ -144,7 +144,7 @@ def test_client_app_hands_the_attacker_a_clean_benign_update_and_trains_it_only_
 
     monkeypatch.setattr(attack, "on_benign_update", recording_hand_over)
     monkeypatch.setattr(workload, "train", counting_train)
-    client_app.train(client_app.train_message(config_json, 1, global_state), node)
+    client_app.train(messages.train_message(config_json, 1, global_state), node)
 
     # Round 1 (no previous global model): two trainings, the first the benign reference.
     assert len(received) == 1 and len(trainings) == 2
@@ -171,5 +171,5 @@ def test_client_app_hands_the_attacker_a_clean_benign_update_and_trains_it_only_
     assert any(key.startswith(MEMORY_PREFIX) for key in client_app._load_memory(node))
     received.clear()
     trainings.clear()
-    client_app.train(client_app.train_message(config_json, 2, global_state), node)
+    client_app.train(messages.train_message(config_json, 2, global_state), node)
     assert received == [] and len(trainings) == 1

@@ -108,9 +108,7 @@ def plan_grid(
     existing runs against it. Return (every cell, the selected cells); raise :class:`ConfigError`
     listing every problem (a problem shared by several cells is listed once, with its cells).
     Cells named in ``set_aside`` are planned as pending, whatever their folders hold (``--rerun``)."""
-    from flowerbed.platform.registry import WORKLOADS
-    from flowerbed.platform.roles import build_attack_plan
-    from flowerbed.platform.server_app import build_strategy
+    from flowerbed.platform.run_parts import build_run
 
     out = Path(out).expanduser().resolve()
     problems: dict[str, list[str]] = {}
@@ -125,10 +123,10 @@ def plan_grid(
         cell_dir = cell_dir_of(out, cell.name)
         try:
             config = parse_run_config(cell.flat_config(cell_dir))
-            build_attack_plan(config)  # per-attacker checks (triggers, attack parameters)
-            # Loads the dataset (once per process): missing data files fail here, before any cell runs.
-            workload = WORKLOADS.get(config.workload.name)(config, config.plugin_params("workload", config.workload.name))
-            build_strategy(config, workload)  # the defence's own checks (e.g. Bulyan's n >= 4f + 3)
+            # Every part's own checks (triggers, attack parameters, the defence's bounds such as
+            # Bulyan's n >= 4f + 3); loads the dataset (once per process), so missing data files
+            # fail here, before any cell runs.
+            build_run(config)
             if cell.attack != NO_ATTACK and config.attack.num_attackers == 0:
                 problem = (
                     f"grid key 'attacks.{cell.attack}': attack.num-attackers is 0, so the cell has no attacker "

@@ -15,54 +15,32 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    Metadata,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from flowerbed.platform import messages
 from flowerbed.platform.allocator import keep_freed_memory
 from flowerbed.platform.config import RunConfig, parse_run_config
-from flowerbed.platform.registry import WORKLOADS
-from flowerbed.platform.roles import AttackPlan, build_attack_plan
+from flowerbed.platform.run_parts import RunParts, build_run
 from flowerbed.platform.seeding import generator, seed_torch
 from flowerbed.platform.workload import TrainContext, Workload
 
 if TYPE_CHECKING:
     from flowerbed.clients.attack import Attack
 
-CONFIG_KEY = "flowerbed-config"
+# The node's own state (``context.state``), not sent: an attacker's memory across rounds.
 MEMORY_KEY = "attack-memory"
-# An active attacker's reply also carries this ConfigRecord: "<backdoor name>" -> the attack
-# success rate of its trained local model on its own data. Not a MetricRecord: Flower's
-# strategies require every reply's MetricRecord to have the same keys.
-ATTACK_REPORT_KEY = "attack-report"
 
 app = ClientApp()
 
 
-@dataclass
-class ClientRuntime:
-    """What one process builds once per run config and reuses across rounds and nodes."""
-
-    config: RunConfig
-    workload: Workload
-    plan: AttackPlan
-
-
 @lru_cache(maxsize=2)
-def runtime_for(config_json: str) -> ClientRuntime:
+def runtime_for(config_json: str) -> RunParts:
+    """The run (workload and attack plan; no strategy) one process builds once per run config
+    and reuses across rounds and nodes."""
     torch.set_num_threads(1)  # one core per simulated client
     keep_freed_memory()  # fewer page faults per training step (allocator.py)
-    config = parse_run_config(json.loads(config_json))
-    workload_cls = WORKLOADS.get(config.workload.name)
-    workload = workload_cls(config, config.plugin_params("workload", config.workload.name))
-    return ClientRuntime(config, workload, build_attack_plan(config))
+    return build_run(parse_run_config(json.loads(config_json)), with_strategy=False)
 
 
 @lru_cache(maxsize=64)
@@ -70,16 +48,10 @@ def _client_dataset(config_json: str, partition_id: int, num_partitions: int) ->
     return runtime_for(config_json).workload.client_dataset(partition_id, num_partitions)
 
 
-def _partition(context: Context) -> tuple[int, int]:
-    return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-
-
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds (it maps node ids to partition ids)."""
-    partition_id, num_partitions = _partition(context)
-    metrics = MetricRecord({"partition-id": partition_id, "num-partitions": num_partitions})
-    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+    return messages.identity_reply(msg, *messages.partition_of(context))
 
 
 @dataclass
@@ -102,16 +74,16 @@ class LocalTraining:
 
 def train_locally(msg: Message, context: Context) -> LocalTraining:
     """Train the received global model on the local partition (poisoned if this client attacks)."""
-    config_json = str(msg.content["config"][CONFIG_KEY])
+    config_json = messages.config_json_of(msg)
     runtime = runtime_for(config_json)
     config = runtime.config
-    partition_id, num_partitions = _partition(context)
-    server_round = int(msg.content["config"]["server-round"])
+    partition_id, num_partitions = messages.partition_of(context)
+    server_round = messages.server_round_of(msg)
     dataset = _client_dataset(config_json, partition_id, num_partitions)
 
     seed_torch(config.seed, "client-torch", server_round, partition_id)
     model = runtime.workload.build_model()
-    global_state = msg.content["arrays"].to_torch_state_dict()
+    global_state = msg.content[messages.ARRAYS_RECORD].to_torch_state_dict()
     model.load_state_dict(global_state)
     context_ = TrainContext(
         server_round=server_round,
@@ -158,30 +130,17 @@ def train(msg: Message, context: Context) -> Message:
         local_state = _craft(trained.attack, trained.global_state, local_state, trained.memory)
         context.state[MEMORY_KEY] = ArrayRecord({k: v.detach().clone() for k, v in trained.memory.items()})
 
-    metrics = trained.metrics
-    reply_metrics = {key: float(value) for key, value in metrics.items() if key != "num-examples"}
-    reply_metrics.update(
-        {
-            "num-examples": int(metrics["num-examples"]),
-            "partition-id": trained.partition_id,
-            "attacked": int(trained.attack is not None),
-        }
+    return messages.train_reply(
+        msg, local_state, trained.metrics, trained.partition_id, trained.attack is not None, trained.report
     )
-    content = RecordDict({"arrays": ArrayRecord(local_state), "metrics": MetricRecord(reply_metrics)})
-    if trained.report:
-        content[ATTACK_REPORT_KEY] = ConfigRecord(trained.report)
-    return Message(content=content, reply_to=msg)
 
 
 def local_backdoor_report(workload: Workload, model: torch.nn.Module, dataset: Any, backdoors) -> dict[str, float]:
     """Backdoor name -> the attack success rate of the attacker's trained model on its own data,
     for the backdoors it implants (before ``craft`` shapes the update it sends); empty when the
     workload cannot measure it. Deterministic and on a forked generator: training is unchanged."""
-    measure = getattr(workload, "local_backdoor_accuracy", None)
-    if measure is None:
-        return {}
     with torch.random.fork_rng(devices=[]):
-        rates = {backdoor.name: measure(model, dataset, backdoor) for backdoor in backdoors}
+        rates = {backdoor.name: workload.local_backdoor_accuracy(model, dataset, backdoor) for backdoor in backdoors}
     return {name: float(rate) for name, rate in rates.items() if rate is not None}
 
 
@@ -231,31 +190,3 @@ def _craft(attack, global_state, local_state, memory) -> dict[str, torch.Tensor]
     for key in floating:
         result[key] = global_state[key] + crafted[key]
     return result
-
-
-def config_json(config: RunConfig) -> str:
-    """The resolved config as the JSON every server message carries (and `runtime_for` is keyed by)."""
-    return json.dumps(config.to_flat(), sort_keys=True)
-
-
-def config_record(config: RunConfig) -> ConfigRecord:
-    """The ConfigRecord every server message carries: the resolved config as JSON."""
-    return ConfigRecord({CONFIG_KEY: config_json(config)})
-
-
-def train_message(config_json: str, server_round: int, global_state: dict[str, torch.Tensor]) -> Message:
-    """A train Message as a SuperLink delivers it: drives `train` or `train_locally` outside a run."""
-    config = ConfigRecord({CONFIG_KEY: config_json, "server-round": server_round})
-    metadata = Metadata(
-        run_id=1, message_id=f"train-{server_round}", src_node_id=0, dst_node_id=1, reply_to_message_id="",
-        group_id="", created_at=0.0, ttl=3600.0, message_type="train",
-    )
-    return Message(content=RecordDict({"arrays": ArrayRecord(global_state), "config": config}), metadata=metadata)
-
-
-def node_context(partition_id: int, num_partitions: int) -> Context:
-    """The Context of a fresh simulated node (empty state) holding partition `partition_id`."""
-    return Context(
-        run_id=1, node_id=1, node_config={"partition-id": partition_id, "num-partitions": num_partitions},
-        state=RecordDict(), run_config={},
-    )

@@ -21,17 +21,17 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
+from flowerbed.platform import messages
 from flowerbed.platform.arrays import update_norm
-from flowerbed.platform.client_app import ATTACK_REPORT_KEY, config_record
 from flowerbed.platform.config import ConfigError, RunConfig
 from flowerbed.platform.initial_model import load_initial_weights
 from flowerbed.platform.progress import Progress
 from flowerbed.platform.recorder import Recorder
 from flowerbed.platform.roles import AttackPlan
+from flowerbed.platform.run_parts import RunParts
 from flowerbed.platform.sanitize import sanitize_replies
 from flowerbed.platform.seeding import derive_seed, seed_torch
 from flowerbed.platform.summary import build_summary, detection_scores, scored_clients
-from flowerbed.platform.workload import Workload
 
 logger = logging.getLogger("flowerbed")
 
@@ -97,15 +97,14 @@ def discover_partitions(grid, config: RunConfig) -> dict[int, int]:
         time.sleep(0.5)
     if not node_ids:
         raise RuntimeError(f"no node registered with the ServerApp within {NODE_WAIT_SECONDS:.0f} s (is the machine overloaded?)")
-    record = RecordDict({"config": config_record(config)})
-    messages = [Message(content=record, message_type=MessageType.QUERY, dst_node_id=nid) for nid in node_ids]
-    replies = list(grid.send_and_receive(messages, timeout=DISCOVERY_TIMEOUT))
+    record = RecordDict({messages.CONFIG_RECORD: messages.config_record(config)})
+    queries = [Message(content=record, message_type=MessageType.QUERY, dst_node_id=nid) for nid in node_ids]
+    replies = list(grid.send_and_receive(queries, timeout=DISCOVERY_TIMEOUT))
     mapping: dict[int, int] = {}
     for reply in replies:
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id} failed to identify itself: {reply.error.reason}")
-        metrics = reply.content["metrics"]
-        mapping[int(metrics["partition-id"])] = reply.metadata.src_node_id
+        mapping[messages.reply_partition_id(reply)] = reply.metadata.src_node_id
     if len(mapping) != config.num_clients:
         raise ConfigError(
             [
@@ -116,16 +115,9 @@ def discover_partitions(grid, config: RunConfig) -> dict[int, int]:
     return mapping
 
 
-def run_rounds(
-    grid,
-    config: RunConfig,
-    workload: Workload,
-    strategy,
-    plan: AttackPlan,
-    recorder: Recorder,
-    progress: Progress,
-) -> dict[str, Any]:
+def run_rounds(grid, run: RunParts, recorder: Recorder, progress: Progress) -> dict[str, Any]:
     """Train for ``num-server-rounds`` rounds (from the last checkpoint if resuming); return the summary."""
+    config, workload, strategy, plan = run.config, run.workload, run.strategy, run.plan
     logging.getLogger("flwr").setLevel(logging.WARNING)  # flowerbed prints its own progress
     node_of = discover_partitions(grid, config)
     partition_of = {node: pid for pid, node in node_of.items()}
@@ -145,14 +137,14 @@ def run_rounds(
         progress.note(f"starting from the weights in {config.model.init}")
     arrays = ArrayRecord(model.state_dict())
     sampler = RoundSampler(config, plan)
-    train_config = config_record(config)
+    train_config = messages.config_record(config)
 
     for server_round in range(start_round, config.num_server_rounds + 1):
         began = time.perf_counter()
         clients = sampler.sample(server_round)
         view = SampledGrid(grid, [node_of[pid] for pid in clients])
-        messages = strategy.configure_train(server_round, arrays, train_config, view)
-        replies = list(grid.send_and_receive(messages, timeout=ROUND_TIMEOUT))
+        instructions = strategy.configure_train(server_round, arrays, train_config, view)
+        replies = list(grid.send_and_receive(instructions, timeout=ROUND_TIMEOUT))
         replies, failures = _split_failures(replies, partition_of)
         answered = {partition_of.get(reply.metadata.src_node_id) for reply in replies} | {
             failure["partition_id"] for failure in failures
@@ -162,7 +154,7 @@ def run_rounds(
         failures += [{"partition_id": d.partition_id if d.partition_id is not None else -1, "reason": d.reason} for d in dropped]
         for entry in failures:
             logger.warning("round %d: partition %s left out: %s", server_round, entry["partition_id"], entry["reason"])
-        replies.sort(key=lambda reply: int(reply.content["metrics"]["partition-id"]))
+        replies.sort(key=messages.reply_partition_id)
         norms = _update_norms(replies, arrays)
 
         new_arrays, train_metrics = (None, None)
@@ -175,7 +167,7 @@ def run_rounds(
             arrays = ArrayRecord(model.state_dict())
         evaluation = workload.evaluate(model)
 
-        attackers_present = [int(r.content["metrics"]["partition-id"]) for r in replies if int(r.content["metrics"].get("attacked", 0))]
+        attackers_present = [messages.reply_partition_id(r) for r in replies if messages.reply_attacked(r)]
         record: dict[str, Any] = {"round": server_round, **evaluation}
         if train_metrics is not None and "train_loss" in train_metrics:
             record["train_loss"] = float(train_metrics["train_loss"])
@@ -213,12 +205,9 @@ def attackers_local_asr(replies: list[Message]) -> dict[str, dict[str, float]]:
     from the attack reports of the aggregated replies (``client_app.local_backdoor_report``)."""
     local: dict[str, dict[str, float]] = {}
     for reply in replies:
-        report = reply.content.config_records.get(ATTACK_REPORT_KEY)
-        if report is None:
-            continue
-        rates = {str(name): float(rate) for name, rate in report.items() if isinstance(rate, int | float)}
+        rates = messages.attack_report_of(reply)
         if rates:
-            local[str(int(reply.content["metrics"]["partition-id"]))] = rates
+            local[str(messages.reply_partition_id(reply))] = rates
     return local
 
 
@@ -238,7 +227,7 @@ def _detached(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _update_norms(replies: list[Message], global_arrays: ArrayRecord) -> dict[str, float]:
     """Each sanitized reply's update L2 norm by partition id (what norm-bounding defences are tuned to)."""
     return {
-        str(int(reply.content["metrics"]["partition-id"])): update_norm(next(iter(reply.content.array_records.values())), global_arrays)
+        str(messages.reply_partition_id(reply)): update_norm(next(iter(reply.content.array_records.values())), global_arrays)
         for reply in replies
     }
 

@@ -18,8 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from flowerbed.platform.arrays import array_view
-
-PARTITION_ID_KEY = "partition-id"
+from flowerbed.platform.messages import NUM_EXAMPLES_KEY, PARTITION_ID_KEY
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ def _partition_id(metrics: MetricRecord | None) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def reply_problem(reply: Message, global_arrays: ArrayRecord, weighted_by_key: str = "num-examples") -> str | None:
+def reply_problem(reply: Message, global_arrays: ArrayRecord, weighted_by_key: str = NUM_EXAMPLES_KEY) -> str | None:
     """Why ``reply`` cannot be aggregated, or None if it can."""
     if reply.has_error():
         return f"client error: {reply.error.reason}"
@@ -71,7 +70,7 @@ def reply_problem(reply: Message, global_arrays: ArrayRecord, weighted_by_key: s
 
 
 def sanitize_replies(
-    replies: Iterable[Message], global_arrays: ArrayRecord, weighted_by_key: str = "num-examples"
+    replies: Iterable[Message], global_arrays: ArrayRecord, weighted_by_key: str = NUM_EXAMPLES_KEY
 ) -> tuple[list[Message], list[DroppedReply]]:
     """Split ``replies`` into the well-formed ones and the dropped ones with their reasons.
 

@@ -23,8 +23,7 @@ from flowerbed.platform.federation import run_rounds
 from flowerbed.platform.progress import Progress
 from flowerbed.platform.provenance import environment
 from flowerbed.platform.recorder import CONFIG, Recorder, new_run_dir
-from flowerbed.platform.registry import STRATEGIES, WORKLOADS
-from flowerbed.platform.roles import build_attack_plan
+from flowerbed.platform.run_parts import build_run
 
 
 @dataclass
@@ -34,28 +33,6 @@ class RunOutcome:
     run_dir: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     error: BaseException | None = None
-
-
-def build_strategy(config: RunConfig, workload) -> Any:
-    """The configured strategy; flowerbed samples clients itself, so it addresses every node it is given."""
-    factory = STRATEGIES.get(config.strategy.name)
-    params = config.plugin_params("strategy", config.strategy.name)
-    try:
-        strategy = factory(
-            params,
-            fraction_train=1.0,
-            num_clients_per_round=config.clients_per_round(),
-            seed=config.seed,
-            root_data=getattr(workload, "server_model_hooks", lambda: None)(),
-        )
-    except ValueError as error:
-        raise ConfigError([f"strategy '{config.strategy.name}': {error}"]) from None
-    for attribute, value in (("min_train_nodes", 1), ("min_available_nodes", 1), ("fraction_evaluate", 0.0), ("min_evaluate_nodes", 0)):
-        target = getattr(strategy, "strategy", strategy)  # DP wrappers keep the inner one in .strategy
-        for obj in {id(strategy): strategy, id(target): target}.values():
-            if hasattr(obj, attribute):
-                setattr(obj, attribute, value)
-    return strategy
 
 
 def open_run_folder(config: RunConfig) -> Path:
@@ -92,20 +69,16 @@ def check_resume(config: RunConfig) -> Path:
 def execute(grid: Grid, config: RunConfig, outcome: RunOutcome, quiet: bool = False) -> None:
     """Run one experiment on ``grid`` and record it."""
     progress = Progress(quiet=quiet)
-    plan = build_attack_plan(config)
-    workload = WORKLOADS.get(config.workload.name)(config, config.plugin_params("workload", config.workload.name))
-    if hasattr(workload, "backdoors"):
-        workload.backdoors = plan.backdoors()
-    strategy = build_strategy(config, workload)
+    run = build_run(config)
     run_dir = open_run_folder(config)
     outcome.run_dir = run_dir
     recorder = Recorder(run_dir)
     recorder.write_config(config.resolved_json_dict())
     recorder.write_environment(environment())
-    if plan.attackers:
-        recorder.write_attackers(plan.describe())
+    if run.plan.attackers:
+        recorder.write_attackers(run.plan.describe())
     progress.note(f"run folder: {run_dir}")
-    outcome.summary = run_rounds(grid, config, workload, strategy, plan, recorder, progress)
+    outcome.summary = run_rounds(grid, run, recorder, progress)
     from flowerbed.platform.report import make_plots
 
     make_plots(run_dir)

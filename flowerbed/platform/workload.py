@@ -10,11 +10,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+if TYPE_CHECKING:
+    from flowerbed.platform.server_model import ServerModelHooks
 
 
 class WorkloadParams(BaseModel):
@@ -58,6 +61,10 @@ class Workload(ABC):
     def __init__(self, config: Any, params: WorkloadParams | None = None) -> None:
         self.config = config
         self.params = params if params is not None else self.Params()
+        # The backdoors of the run's attack plan (set by ``run_parts.build_run``): objects with
+        # .name, .trigger.apply(), .target. A workload that ``supports_attacks`` measures each
+        # one's attack success rate in :meth:`evaluate`; every other workload has none.
+        self.backdoors: list[Any] = []
 
     @classmethod
     def check_config(cls, config: Any, params: WorkloadParams) -> list[str]:
@@ -90,3 +97,16 @@ class Workload(ABC):
         Summaries report its best value and round; progress lines print it.
         """
         return "clean_acc", "max"
+
+    # ------------------------------------------------------------- optional hooks
+    # Defaults for what only some workloads offer; the platform calls them unconditionally.
+
+    def server_model_hooks(self) -> ServerModelHooks | None:
+        """What model-aware defences need from the server's side (FLTrust's root-data update,
+        DeepSight's predictions); None: this workload lends none, and those defences refuse to start."""
+        return None
+
+    def local_backdoor_accuracy(self, model: nn.Module, dataset: Any, backdoor: Any) -> float | None:
+        """The attack success rate of an attacker's trained ``model`` on its own ``dataset``
+        (recorded as ``local_asr``); None: this workload cannot measure it."""
+        return None

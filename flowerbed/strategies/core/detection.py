@@ -13,7 +13,7 @@ from typing import cast
 
 from flwr.app import MetricRecord, RecordDict
 
-PARTITION_ID_KEY = "partition-id"
+from flowerbed.platform.messages import PARTITION_ID_KEY
 
 
 def partition_ids_of(contents: Sequence[RecordDict]) -> list[int]:

@@ -32,6 +32,7 @@ import torch
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from flowerbed.platform.arrays import array_view, is_learned
+from flowerbed.platform.messages import NUM_EXAMPLES_KEY
 
 from .detection import partition_ids_of
 
@@ -185,7 +186,7 @@ class UpdateBatch:
         cls,
         contents: Sequence[RecordDict],
         global_arrays: ArrayRecord,
-        weighted_by_key: str = "num-examples",
+        weighted_by_key: str = NUM_EXAMPLES_KEY,
         buffer: UpdateMatrixBuffer | None = None,
     ) -> UpdateBatch:
         """Flatten the replies' ArrayRecords and subtract the global model (into ``buffer``'s memory, if given)."""

@@ -14,12 +14,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from flwr.app import ArrayRecord
 from torch import nn
 
 from flowerbed.workloads.image_classification.data import load_dataset
 from flowerbed.workloads.image_classification.data.base import to_float
 from flowerbed.platform.partitioning import partition_indices
 from flowerbed.platform.registry import MODELS, WORKLOADS
+from flowerbed.platform.seeding import generator
+from flowerbed.platform.server_model import ServerModelHooks
 from flowerbed.platform.workload import TrainContext, Workload
 
 EVAL_BATCH = 500
@@ -54,8 +57,6 @@ class ImageClassification(Workload):
         self.root_data = ClientImages(
             self.dataset.train_images[self.client_pool :], self.dataset.train_labels[self.client_pool :]
         )
-        # Set by the platform from the attack plan: objects with .name, .trigger.apply(), .target.
-        self.backdoors: list[Any] = []
 
     def build_model(self) -> nn.Module:
         model = MODELS.get(self.config.model.name)(self.dataset.image_shape, self.dataset.num_classes)
@@ -109,13 +110,8 @@ class ImageClassification(Workload):
         root_steps_per_epoch = max(1, math.ceil(len(self.root_data) / batch_size))
         return max(1, math.ceil(client_steps / root_steps_per_epoch))
 
-    def server_model_hooks(self):
+    def server_model_hooks(self) -> ServerModelHooks:
         """What model-aware defences need: the server's update on its root data (FLTrust) and predictions (DeepSight)."""
-        from flwr.app import ArrayRecord
-
-        from flowerbed.platform.seeding import generator
-        from flowerbed.platform.server_model import ServerModelHooks
-
         def root_update(arrays: ArrayRecord, server_round: int) -> ArrayRecord:
             model = self.build_model()
             model.load_state_dict(arrays.to_torch_state_dict())
