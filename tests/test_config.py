@@ -11,6 +11,7 @@ import pytest
 
 from flowerbed.cli import flwr_run_overrides, parse_assignment, pyproject_config_block
 from flowerbed.platform.config import ConfigError, RunConfig, default_flat_config, parse_run_config
+from flowerbed.platform.roles import attack_end_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -239,7 +240,7 @@ def test_resuming_with_more_rounds_may_not_stretch_an_attack_that_ends_at_the_la
 
     until_last = {"num-server-rounds": 10, "attack.num-attackers": 2, "attack.name": "badnets", "attack.end-round": "5,0"}
     resumed = saved_run(until_last)
-    assert parse_run_config(until_last).attack_end_rounds() == [5, 10]
+    assert attack_end_rounds(parse_run_config(until_last)) == [5, 10]
     assert check_resume(parse_run_config(resumed)) == tmp_path.resolve()  # same rounds: fine
     with pytest.raises(ConfigError, match=r"attack.end-round.*num-server-rounds 20 instead of 10.*\[5, 10\] to \[5, 20\]"):
         check_resume(parse_run_config({**resumed, "num-server-rounds": 20}))

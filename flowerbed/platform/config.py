@@ -9,7 +9,10 @@ two in sync: ``flowerbed config --pyproject`` prints the block).
 
 Plugins (strategies, attacks, triggers, workloads) declare their own
 hyper-parameters as a pydantic ``Params`` model; their keys are
-``<kind>.<plugin-name>.<param>`` and are validated against that model.
+``<kind>.<plugin-name>.<param>`` and are validated against that model
+(:mod:`~flowerbed.platform.plugin_params`). The attack keys' checks, which need
+the attack domain (per-attacker lists, windows, targets), are in
+:mod:`~flowerbed.platform.roles`, beside the plan they describe.
 """
 
 from __future__ import annotations
@@ -19,6 +22,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
 
+from flowerbed.platform import roles
+from flowerbed.platform.errors import ConfigError, describe_error
+from flowerbed.platform.plugin_params import (
+    PLUGIN_KINDS,
+    params_model,
+    params_of,
+    plugin_key,
+    plugin_table_problems,
+    registered_defaults,
+)
 from flowerbed.platform.registry import (
     ATTACKS,
     DATASETS,
@@ -27,18 +40,11 @@ from flowerbed.platform.registry import (
     STRATEGIES,
     TRIGGERS,
     WORKLOADS,
-    Registry,
     RegistryError,
     import_user_module,
 )
 
-
-class ConfigError(ValueError):
-    """An invalid run config. ``str()`` lists every problem, each naming its key."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid run config:\n  - " + "\n  - ".join(problems))
+__all__ = ["ConfigError", "RunConfig", "parse_run_config"]  # ConfigError: imported from here by most callers
 
 
 def _split_list(value: Any) -> Any:
@@ -171,10 +177,7 @@ class RunConfig(Section):
     def plugin_params(self, kind: str, name: str) -> BaseModel:
         """The validated ``Params`` of plugin ``name`` of ``kind`` (strategy/attack/trigger/workload),
         read from the keys ``<kind>.<plugin_key(name)>.*``."""
-        cls = _PLUGIN_KINDS[kind].get(name)
-        section = getattr(self, kind)
-        raw = section.options().get(plugin_key(name, cls), {}) if isinstance(section, PluginSection) else {}
-        return validate_params(_params_model(cls), raw)
+        return params_of(self, kind, name)
 
     def selected_plugins(self, kind: str) -> list[str]:
         """The names (registered or ``module:Class``) of the plugins of ``kind`` this run uses."""
@@ -191,73 +194,24 @@ class RunConfig(Section):
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
 
-    def attacker_triggers(self) -> list[str]:
-        """Each attacker's trigger: ``attack.trigger``'s, else its attack's default ("" if it has none)."""
-        count = self.attack.num_attackers
-        names = per_attacker(self.attack.name, count)
-        triggers = per_attacker(self.attack.trigger, count, default="")
-        return [trigger or getattr(ATTACKS.get(name), "default_trigger", "") for name, trigger in zip(names, triggers)]
-
-    def attack_end_rounds(self) -> list[int]:
-        """Each attacker's last attack round, with ``attack.end-round = 0`` resolved to the last round."""
-        count = self.attack.num_attackers
-        return [end or self.num_server_rounds for end in per_attacker(self.attack.end_round, count)]
-
     def plugins_in_use(self, kind: str) -> list[str]:
         """Like :meth:`selected_plugins`, with each attacker's trigger resolved to its attack's
         default where ``attack.trigger`` leaves it empty (distinct names, in attacker order)."""
         if kind != "trigger":
             return list(dict.fromkeys(self.selected_plugins(kind)))
-        return list(dict.fromkeys(t for t in self.attacker_triggers() if t))
+        return list(dict.fromkeys(t for t in roles.attacker_triggers(self) if t))
 
     def resolved_json_dict(self) -> dict[str, Any]:
         """:meth:`to_json_dict` with every parameter of the plugins this run uses written out,
         defaults included, so that a run folder's ``config.json`` still says what ran after a
         later version changes a default (resume and ``flowerbed bench`` compare against it)."""
         data = self.to_json_dict()
-        for kind, registry in _PLUGIN_KINDS.items():
+        for kind, registry in PLUGIN_KINDS.items():
             for name in self.plugins_in_use(kind):
                 params = self.plugin_params(kind, name).model_dump(by_alias=True, mode="json")
                 if params:
                     data.setdefault(kind, {}).setdefault(plugin_key(name, registry.get(name)), {}).update(params)
         return data
-
-
-def plugin_key(name: str, cls: Any) -> str:
-    """The key prefix of a plugin's parameters: its registered name, or, for one named by
-    import path (``my_attacks:MyAttack``), the class's ``name`` (``attack.my-attack.*``)."""
-    if ":" in name:
-        return getattr(cls, "name", None) or name
-    return name
-
-
-_PLUGIN_KINDS: dict[str, Registry] = {
-    "strategy": STRATEGIES,
-    "attack": ATTACKS,
-    "trigger": TRIGGERS,
-    "workload": WORKLOADS,
-}
-
-
-def _params_model(cls: Any) -> type[BaseModel]:
-    params = getattr(cls, "Params", None)
-    if params is None:
-        class NoParams(Section):
-            pass
-
-        return NoParams
-    return params
-
-
-def validate_params(model: type[BaseModel], raw: dict[str, Any]) -> BaseModel:
-    """Validate a plugin's parameters. Flower's config has no null, so ``""`` stands for
-    "unset" where the parameter's default is None."""
-    cleaned = dict(raw)
-    for field_name, info in model.model_fields.items():
-        key = info.alias or field_name
-        if info.default is None and cleaned.get(key) == "":
-            del cleaned[key]
-    return model.model_validate(cleaned)
 
 
 def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -298,10 +252,10 @@ def _plugin_default(key: str, missing: Any) -> Any:
     """The default of plugin parameter ``<kind>.<plugin>.<param>``, or ``missing`` if unknown."""
     kind, _, rest = key.partition(".")
     plugin, _, param = rest.partition(".")
-    if kind not in _PLUGIN_KINDS or not param:
+    if kind not in PLUGIN_KINDS or not param:
         return missing
     try:
-        params = _params_model(_PLUGIN_KINDS[kind].get(plugin))()
+        params = params_model(PLUGIN_KINDS[kind].get(plugin))()
     except Exception:  # noqa: BLE001 - an unknown plugin or one whose parameters have no defaults
         return missing
     return flatten(params.model_dump(by_alias=True, mode="json")).get(param, missing)
@@ -323,16 +277,6 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _describe_error(error: dict[str, Any], prefix: str = "") -> str:
-    key = prefix + ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
-    if error["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
-    message = error["msg"]
-    if error["type"] == "literal_error":
-        return f"key '{key}': {message} (got {error.get('input')!r})"
-    return f"key '{key}': {message} (got {error.get('input')!r})"
-
-
 def parse_run_config(flat: dict[str, Any]) -> RunConfig:
     """Validate Flower's flat run config (missing keys take their defaults).
 
@@ -348,9 +292,9 @@ def parse_run_config(flat: dict[str, Any]) -> RunConfig:
     try:
         config = RunConfig.model_validate(nested)
     except ValidationError as error:
-        raise ConfigError([_describe_error(e) for e in error.errors()]) from None
+        raise ConfigError([describe_error(e) for e in error.errors()]) from None
     problems = _check_names(config)
-    problems += _check_plugin_tables(config)
+    problems += plugin_table_problems(config)
     problems += _check_consistency(config)
     if problems:
         raise ConfigError(problems)
@@ -384,74 +328,21 @@ def _check_names(config: RunConfig) -> list[str]:
     return problems
 
 
-def _imported_plugins(config: RunConfig, kind: str) -> dict[str, Any]:
-    """The plugins of ``kind`` this run names by import path, by their key prefix."""
-    imported = {}
-    for name in config.selected_plugins(kind):
-        if ":" in name:
-            try:
-                cls = _PLUGIN_KINDS[kind].get(name)
-            except RegistryError:
-                continue  # reported by _check_names
-            imported[plugin_key(name, cls)] = cls
-    return imported
-
-
-def _check_plugin_tables(config: RunConfig) -> list[str]:
-    problems = []
-    for kind, registry in _PLUGIN_KINDS.items():
-        options = getattr(config, kind).options()
-        imported = _imported_plugins(config, kind)
-        for key, cls in imported.items():
-            if key in registry and _params_model(registry.get(key)) is not _params_model(cls):
-                problems.append(
-                    f"key '{kind}.name': the imported {registry.kind} {cls.__module__}.{cls.__qualname__} is named"
-                    f" '{key}' like a registered one with other parameters, so the keys '{kind}.{key}.*'"
-                    " would be ambiguous; give it its own name"
-                )
-        for plugin, params in options.items():
-            if not isinstance(params, dict):
-                problems.append(f"unknown key '{kind}.{plugin}'")
-                continue
-            if plugin not in registry and plugin not in imported:
-                problems.append(
-                    f"unknown key prefix '{kind}.{plugin}': no {registry.kind} named '{plugin}'"
-                    f" (registered: {', '.join(registry.names())}"
-                    f"{''.join(f', {key} (imported)' for key in imported if key not in registry)})"
-                )
-                continue
-            try:
-                validate_params(_params_model(imported.get(plugin) or registry.get(plugin)), params)
-            except ValidationError as error:
-                problems += [_describe_error(e, f"{kind}.{plugin}.") for e in error.errors()]
-    return problems
-
-
 def _check_workload(config: RunConfig) -> list[str]:
     """The selected workload's own cross-key checks, and whether it can be attacked at all."""
     try:
         workload = WORKLOADS.get(config.workload.name)
         params = config.plugin_params("workload", config.workload.name)
     except (RegistryError, ValidationError):
-        return []  # already reported by _check_names / _check_plugin_tables
+        return []  # already reported by _check_names / plugin_table_problems
     problems = []
-    if config.attack.num_attackers and not getattr(workload, "supports_attacks", False):
+    if config.attack.num_attackers and not workload.supports_attacks:
         problems.append(
             f"key 'attack.num-attackers': {config.attack.num_attackers} attackers, but workload "
             f"'{config.workload.name}' cannot be attacked (attacks poison image-classification training); "
             "set attack.num-attackers = 0"
         )
-    check = getattr(workload, "check_config", None)
-    if callable(check):
-        problems += list(check(config, params))
-    return problems
-
-
-def _workload_supports_attacks(config: RunConfig) -> bool:
-    try:
-        return bool(getattr(WORKLOADS.get(config.workload.name), "supports_attacks", False))
-    except RegistryError:
-        return True  # an unknown workload is reported by _check_names; check the attack keys anyway
+    return problems + list(workload.check_config(config, params))
 
 
 def _check_consistency(config: RunConfig) -> list[str]:
@@ -459,65 +350,15 @@ def _check_consistency(config: RunConfig) -> list[str]:
     if config.min_clients > config.num_clients:
         problems.append(f"key 'min-clients': {config.min_clients} is more than num-clients={config.num_clients}")
     problems += _check_workload(config)
-    attack = config.attack
-    count = attack.num_attackers
-    if count == 0 or not _workload_supports_attacks(config):
-        return problems  # a workload that cannot be attacked has had its one attack problem reported
-    if count > config.num_clients:
-        problems.append(f"key 'attack.num-attackers': {count} attackers but only num-clients={config.num_clients}")
-    if attack.name == ("none",):
-        problems.append("key 'attack.name': num-attackers > 0 needs an attack name (see `flowerbed list`)")
-    for key in ("name", "targets", "trigger", "poison_fraction", "start_round", "end_round", "every"):
-        values = getattr(attack, key)
-        if len(values) not in (0, 1, count) or (key != "trigger" and len(values) == 0):
-            alias = AttackConfig.model_fields[key].alias or key
-            problems.append(
-                f"key 'attack.{alias}': give one value or one per attacker ({count}), got {len(values)}"
-            )
-    if attack.attacker_ids:
-        ids = attack.attacker_ids
-        if len(ids) != count:
-            problems.append(f"key 'attack.attacker-ids': {len(ids)} ids for num-attackers={count}")
-        if len(set(ids)) != len(ids):
-            problems.append("key 'attack.attacker-ids': ids repeat")
-        if any(i < 0 or i >= config.num_clients for i in ids):
-            problems.append(f"key 'attack.attacker-ids': ids must be in 0..{config.num_clients - 1}")
-    dataset = DATASETS.get(config.data.name)
-    num_classes = getattr(dataset, "num_classes", None)
-    if num_classes is not None and any(t < 0 or t >= num_classes for t in attack.targets):
-        problems.append(f"key 'attack.targets': {attack.targets} outside the label set 0..{num_classes - 1}")
-    for fraction in attack.poison_fraction:
-        if not 0 <= fraction <= 1:
-            problems.append(f"key 'attack.poison-fraction': {fraction} is not in [0, 1]")
-    if attack.poison_fraction and max(attack.poison_fraction) == 0:
-        problems.append("key 'attack.poison-fraction': every attacker poisons 0% (0 is for a control attacker beside others)")
-    rounds = config.num_server_rounds
-    for start, end in zip(per_attacker(attack.start_round, count), per_attacker(attack.end_round, count)):
-        end = end or rounds
-        if not 1 <= start <= end:
-            problems.append(f"keys 'attack.start-round'/'attack.end-round': window [{start}, {end}] is empty")
-        elif start > rounds:
-            problems.append(f"key 'attack.start-round': {start} is after the last round ({rounds})")
-    if any(k < 1 for k in attack.every):
-        problems.append("key 'attack.every': must be >= 1")
+    try:
+        attackable = WORKLOADS.get(config.workload.name).supports_attacks
+    except RegistryError:
+        attackable = True  # an unknown workload is reported by _check_names; check the attack keys anyway
+    if attackable:  # a workload that cannot be attacked has had its one attack problem reported
+        problems += roles.attack_key_problems(config)
     return problems
-
-
-def per_attacker(values: tuple, count: int, default: Any = None) -> list:
-    """Broadcast a per-attacker list: one value for all, or one each."""
-    if len(values) == 0:
-        return [default] * count
-    if len(values) == 1:
-        return list(values) * count
-    return list(values)
 
 
 def default_flat_config() -> dict[str, Any]:
     """Every key with its default, including every registered plugin's parameters."""
-    flat = RunConfig().to_flat()
-    for kind, registry in _PLUGIN_KINDS.items():
-        for name in registry.names():
-            params = _params_model(registry.get(name))()
-            for key, value in params.model_dump(by_alias=True, mode="json").items():
-                flat[f"{kind}.{name}.{key}"] = "" if value is None else value
-    return flat
+    return {**RunConfig().to_flat(), **registered_defaults()}

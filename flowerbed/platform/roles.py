@@ -1,20 +1,95 @@
 """Client roles: which partition ids attack, with which attack, trigger, target and schedule.
 
-The plan is a pure function of the run config (and its seed), so the server
-and every client build the same one independently. Its ground truth is
-written to the run folder as ``attackers.json``.
+Everything about the ``attack.*`` keys is here: reading the per-attacker lists, checking
+them (:func:`attack_key_problems`, called by ``parse_run_config``), and building the plan
+(:func:`build_attack_plan`, whose checks need the built attacks and triggers). The plan is
+a pure function of the run config (and its seed), so the server and every client build the
+same one independently. Its ground truth is written to the run folder as ``attackers.json``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from flowerbed.platform.config import ConfigError, RunConfig, per_attacker
+from flowerbed.platform.errors import ConfigError
 from flowerbed.platform.registry import ATTACKS, DATASETS, TRIGGERS
 from flowerbed.platform.seeding import derive_seed
+
+if TYPE_CHECKING:
+    from flowerbed.platform.config import RunConfig
+
+
+def per_attacker(values: tuple, count: int, default: Any = None) -> list:
+    """Broadcast a per-attacker list: one value for all, or one each."""
+    if len(values) == 0:
+        return [default] * count
+    if len(values) == 1:
+        return list(values) * count
+    return list(values)
+
+
+def attacker_triggers(config: RunConfig) -> list[str]:
+    """Each attacker's trigger: ``attack.trigger``'s, else its attack's default ("" if it has none)."""
+    count = config.attack.num_attackers
+    names = per_attacker(config.attack.name, count)
+    triggers = per_attacker(config.attack.trigger, count, default="")
+    return [trigger or getattr(ATTACKS.get(name), "default_trigger", "") for name, trigger in zip(names, triggers)]
+
+
+def attack_end_rounds(config: RunConfig) -> list[int]:
+    """Each attacker's last attack round, with ``attack.end-round = 0`` resolved to the last round."""
+    count = config.attack.num_attackers
+    return [end or config.num_server_rounds for end in per_attacker(config.attack.end_round, count)]
+
+
+def attack_key_problems(config: RunConfig) -> list[str]:
+    """Every problem with the ``attack.*`` keys that the keys alone show, each naming its key."""
+    problems: list[str] = []
+    attack = config.attack
+    count = attack.num_attackers
+    if count == 0:
+        return problems
+    if count > config.num_clients:
+        problems.append(f"key 'attack.num-attackers': {count} attackers but only num-clients={config.num_clients}")
+    if attack.name == ("none",):
+        problems.append("key 'attack.name': num-attackers > 0 needs an attack name (see `flowerbed list`)")
+    for key in ("name", "targets", "trigger", "poison_fraction", "start_round", "end_round", "every"):
+        values = getattr(attack, key)
+        if len(values) not in (0, 1, count) or (key != "trigger" and len(values) == 0):
+            alias = type(attack).model_fields[key].alias or key
+            problems.append(
+                f"key 'attack.{alias}': give one value or one per attacker ({count}), got {len(values)}"
+            )
+    if attack.attacker_ids:
+        ids = attack.attacker_ids
+        if len(ids) != count:
+            problems.append(f"key 'attack.attacker-ids': {len(ids)} ids for num-attackers={count}")
+        if len(set(ids)) != len(ids):
+            problems.append("key 'attack.attacker-ids': ids repeat")
+        if any(i < 0 or i >= config.num_clients for i in ids):
+            problems.append(f"key 'attack.attacker-ids': ids must be in 0..{config.num_clients - 1}")
+    dataset = DATASETS.get(config.data.name)
+    num_classes = getattr(dataset, "num_classes", None)
+    if num_classes is not None and any(t < 0 or t >= num_classes for t in attack.targets):
+        problems.append(f"key 'attack.targets': {attack.targets} outside the label set 0..{num_classes - 1}")
+    for fraction in attack.poison_fraction:
+        if not 0 <= fraction <= 1:
+            problems.append(f"key 'attack.poison-fraction': {fraction} is not in [0, 1]")
+    if attack.poison_fraction and max(attack.poison_fraction) == 0:
+        problems.append("key 'attack.poison-fraction': every attacker poisons 0% (0 is for a control attacker beside others)")
+    rounds = config.num_server_rounds
+    for start, end in zip(per_attacker(attack.start_round, count), per_attacker(attack.end_round, count)):
+        end = end or rounds
+        if not 1 <= start <= end:
+            problems.append(f"keys 'attack.start-round'/'attack.end-round': window [{start}, {end}] is empty")
+        elif start > rounds:
+            problems.append(f"key 'attack.start-round': {start} is after the last round ({rounds})")
+    if any(k < 1 for k in attack.every):
+        problems.append("key 'attack.every': must be >= 1")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -127,10 +202,10 @@ def build_attack_plan(config: RunConfig) -> AttackPlan:
     targets = per_attacker(attack.targets, count)
     fractions = per_attacker(attack.poison_fraction, count)
     starts = per_attacker(attack.start_round, count)
-    ends = config.attack_end_rounds()
+    ends = attack_end_rounds(config)
     everys = per_attacker(attack.every, count)
     attack_classes = [ATTACKS.get(name) for name in names]
-    triggers = config.attacker_triggers()
+    triggers = attacker_triggers(config)
     for name, trigger in zip(names, triggers):
         if not trigger:
             raise ConfigError([f"key 'attack.trigger': attack '{name}' has no default trigger; name one"])

@@ -23,6 +23,7 @@ from flowerbed.platform.federation import run_rounds
 from flowerbed.platform.progress import Progress
 from flowerbed.platform.provenance import environment
 from flowerbed.platform.recorder import CONFIG, Recorder, new_run_dir
+from flowerbed.platform.roles import attack_end_rounds
 from flowerbed.platform.run_parts import build_run
 
 
@@ -55,11 +56,11 @@ def check_resume(config: RunConfig) -> Path:
     if changed:
         raise ConfigError([f"key 'resume': the config differs from the saved run in {', '.join(changed)}"])
     saved_config = parse_run_config(flatten(saved))
-    if saved_config.attack_end_rounds() != config.attack_end_rounds():
+    if attack_end_rounds(saved_config) != attack_end_rounds(config):
         problem = (
             f"key 'attack.end-round': 0 means the last round, so resuming with num-server-rounds "
             f"{config.num_server_rounds} instead of {saved_config.num_server_rounds} would move the attack's "
-            f"end from round(s) {saved_config.attack_end_rounds()} to {config.attack_end_rounds()}; "
+            f"end from round(s) {attack_end_rounds(saved_config)} to {attack_end_rounds(config)}; "
             f"start a new run, or keep num-server-rounds"
         )
         raise ConfigError([problem])

@@ -20,7 +20,7 @@ from flowerbed.cli import main as flowerbed_main
 from flowerbed.cli import resolve_config
 from flowerbed.platform.config import ConfigError, parse_run_config
 from flowerbed.platform.recorder import read_metrics
-from flowerbed.platform.registry import WORKLOADS
+from flowerbed.platform.run_parts import build_workload
 from flowerbed.platform.simulation import run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def _untrained_headline(config) -> float:
     """The headline metric of the model the run starts from (seeded like the harness's)."""
     from flowerbed.platform.seeding import seed_torch
 
-    workload = WORKLOADS.get(config.workload.name)(config, config.plugin_params("workload", config.workload.name))
+    workload = build_workload(config)
     seed_torch(config.seed, "initial-model")
     metric, _ = workload.headline_metric()
     return float(workload.evaluate(workload.build_model())[metric])
@@ -91,7 +91,7 @@ def check_run_folder(run_dir: Path, config, metric_names: set[str], num_clients:
         assert "clean_acc" not in record and "asr" not in record
         assert len(record["clients"]) == num_clients and record["failures"] == []
 
-    workload = WORKLOADS.get(config.workload.name)(config, config.plugin_params("workload", config.workload.name))
+    workload = build_workload(config)
     metric, mode = workload.headline_metric()
     summary = json.loads((run_dir / "summary.json").read_text())
     pick = max if mode == "max" else min
