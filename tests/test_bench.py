@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from flowerbed.bench.command import parse_duration, run_grid, simulate
+from flowerbed.bench.command import parse_duration
 from flowerbed.bench.grid import parse_grid, read_grid, select_cells
-from flowerbed.bench.report import BACKDOOR_FIELDS, BASE_COLUMNS, collapsed_cells, format_stat
+from flowerbed.bench.figures import collapsed_cells
+from flowerbed.bench.run import run_grid, simulate
+from flowerbed.bench.tables import BACKDOOR_FIELDS, BASE_COLUMNS, format_stat
 from flowerbed.cli import main
 from flowerbed.platform.config import ConfigError
 

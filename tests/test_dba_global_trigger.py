@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from flowerbed.bench.report import _round_series, cell_row
+from flowerbed.bench.figures import _round_series
+from flowerbed.bench.tables import cell_row
 from flowerbed.platform.config import ConfigError, parse_run_config
 from flowerbed.platform.roles import build_attack_plan
 from flowerbed.platform.summary import build_summary
