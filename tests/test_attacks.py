@@ -20,7 +20,10 @@ from flowerbed.clients.triggers.patch import PatchTrigger
 from flowerbed.platform.registry import ATTACKS, TRIGGERS
 
 SHAPE = (3, 32, 32)
-BUILTIN = ["badnets", "blended", "dba", "ftrojan", "model-replacement", "neurotoxin", "dmba"]
+ATTACK_NAMES = ATTACKS.names()  # the shared checks below run on every registered attack
+# Optional per-attack params for the shared poisoning check (an attack not listed runs with its defaults):
+# DMBA without replay, which would also stamp its colluders' triggers.
+POISON_PARAMS = {"dmba": {"replay": "none"}}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -41,17 +44,23 @@ def changed_rows(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     return (before != after).flatten(1).any(dim=1)
 
 
-@pytest.mark.parametrize("name", BUILTIN)
+def test_attacks_are_registered_and_the_tables_name_only_registered_ones():
+    assert ATTACK_NAMES, "no attack is registered"
+    stale = sorted(set(POISON_PARAMS) - set(ATTACK_NAMES))
+    assert not stale, f"POISON_PARAMS in tests/test_attacks.py lists {stale}, which no attack is registered as"
+
+
+@pytest.mark.parametrize("name", ATTACK_NAMES)
 def test_attack_is_registered_with_a_registered_default_trigger(name):
     attack_class = ATTACKS.get(name)
     assert issubclass(attack_class, Attack) and attack_class.name == name
     assert attack_class.default_trigger in TRIGGERS
 
 
-@pytest.mark.parametrize("name", BUILTIN)
+@pytest.mark.parametrize("name", ATTACK_NAMES)
 @pytest.mark.parametrize("fraction, size", [(0.25, 40), (0.1, 64), (0.5, 7), (0.0, 10), (1.0, 12)])
 def test_poison_changes_exactly_the_expected_share(name, fraction, size):
-    params = {"replay": "none"} if name == "dmba" else None
+    params = POISON_PARAMS.get(name)
     attack = make_attack(name, params, fraction=fraction)
     x, y = batch(size)
     x_before, y_before = x.clone(), y.clone()
@@ -273,3 +282,30 @@ def test_custom_attacker_tutorial_example_is_verbatim_and_works(isolated_plugins
     assert torch.equal(crafted["w"], torch.full((3,), 4.0)) and int(memory["rounds"]) == 2
     with pytest.raises(Exception, match="source-class"):
         module.MyAttack({"source-class": -1}, backdoor=Backdoor("patch-0", trigger, 9), poison_fraction=0.5)
+
+
+def test_blended_blends_the_papers_noise_pattern_at_alpha_0_2_into_the_poisoned_rows():
+    """Chen et al. 2017: poisoned inputs are (1 - alpha) x + alpha pattern, alpha = 0.2, relabelled."""
+    attack = make_attack("blended", fraction=0.5, target=3)
+    assert attack.backdoor.trigger.params.alpha == pytest.approx(0.2) and attack.backdoor.trigger.params.pattern == "noise"
+    x, y = batch(20)
+    poisoned_x, poisoned_y = attack.poison(x, y, torch.Generator().manual_seed(0))
+    rows = changed_rows(x, poisoned_x)
+    assert int(rows.sum()) == 10 and (poisoned_y[rows] == 3).all() and (poisoned_y[~rows] == 1).all()
+    pattern = attack.backdoor.trigger.pattern
+    assert torch.allclose(poisoned_x[rows], (0.8 * x[rows] + 0.2 * pattern).clamp(0, 1), atol=1e-6)
+
+
+def test_ftrojan_changes_only_the_chroma_of_the_poisoned_rows():
+    """Wang et al. 2022: the frequency trigger edits DCT coefficients of the YUV chroma channels only."""
+    from flowerbed.clients.triggers.helpers.colour import rgb_to_ycbcr
+
+    attack = make_attack("ftrojan", fraction=0.5, target=3)
+    x, y = batch(20)
+    poisoned_x, poisoned_y = attack.poison(x, y, torch.Generator().manual_seed(0))
+    rows = changed_rows(x, poisoned_x)
+    assert int(rows.sum()) == 10 and (poisoned_y[rows] == 3).all()
+    before, after = rgb_to_ycbcr(x[rows]), rgb_to_ycbcr(poisoned_x[rows])
+    luma_change = (after[:, 0] - before[:, 0]).abs().max()
+    chroma_change = (after[:, 1:] - before[:, 1:]).abs().max()
+    assert chroma_change > 20 * luma_change, (luma_change, chroma_change)

@@ -156,24 +156,97 @@ def build(name: str, params=None, **kwargs):
     return STRATEGIES.get(name)(params, fraction_train=1.0, num_clients_per_round=NUM_CLIENTS, seed=7, **kwargs)
 
 
-ALL_NAMES = [
-    "fedavg", "krum", "multi-krum", "bulyan", "median", "trimmed-mean", "dp-fixed-clipping", "norm-clipping",
-    "flame", "foolsgold", "fltrust", "rlr", "rfa", "centered-clipping", "deepsight", "freqfed",
-]  # fmt: skip
+# ---------------------------------------------------------------- checks every registered strategy passes
+
+# The shared checks below run on every registered strategy: a new one joins them when it registers.
+# Some need to know what to expect of it: it must then be listed in REPORTS and STATISTICS_RULE
+# (test_every_strategy_is_listed_in_the_tables_the_shared_checks_read says what to add).
+STRATEGY_NAMES = STRATEGIES.names()
+
+# How a rule reports a round: whether it can leave a client out as a whole ("flags": it is
+# scored on detection precision and recall) and whether it reports per-client weights.
+REPORTS = {
+    "fedavg": "nothing", "median": "nothing", "trimmed-mean": "nothing", "dp-fixed-clipping": "nothing", "rlr": "nothing",
+    "krum": "flags", "multi-krum": "flags", "bulyan": "flags", "flame": "flags", "deepsight": "flags", "freqfed": "flags",
+    "foolsgold": "flags and weights", "fltrust": "flags and weights",
+    "rfa": "weights", "centered-clipping": "weights", "norm-clipping": "weights",
+}  # fmt: skip
+LEAVE_CLIENTS_OUT = {name for name, reports in REPORTS.items() if "flags" in reports}
+WEIGHT_CLIENTS = {name for name, reports in REPORTS.items() if "weights" in reports}
+
+# What a rule makes of BatchNorm's running statistics: "coordinatewise", its own per-coordinate
+# aggregate (Bulyan: its second step); "mean", Flower's example-weighted mean of the clients it
+# kept; "median", the coordinate-wise median of the clients it kept (every UpdateDefence).
+STATISTICS_RULE = {
+    "median": "coordinatewise", "trimmed-mean": "coordinatewise", "bulyan": "coordinatewise",
+    "fedavg": "mean", "krum": "mean", "multi-krum": "mean",
+    "dp-fixed-clipping": "median", "norm-clipping": "median", "flame": "median", "foolsgold": "median",
+    "fltrust": "median", "rlr": "median", "rfa": "median", "centered-clipping": "median", "deepsight": "median",
+    "freqfed": "median",
+}  # fmt: skip
+COORDINATEWISE = {name for name, rule in STATISTICS_RULE.items() if rule == "coordinatewise"}
+STATISTICS_BY_MEAN = {name for name, rule in STATISTICS_RULE.items() if rule == "mean"}
+
+TABLES = {  # every registered strategy must be in these, with what the entry says
+    "REPORTS": (REPORTS, '"flags", "weights", "flags and weights" or "nothing"'),
+    "STATISTICS_RULE": (STATISTICS_RULE, '"coordinatewise", "mean" or "median" (what becomes of running statistics)'),
+}
+
+# Optional per-strategy settings; a strategy not listed runs with its paper defaults.
+# The Krum family is told of the three attackers (Bulyan, which needs n >= 4f + 3, of one).
+ATTACKER_PARAMS = {"krum": {"num-malicious": 3}, "multi-krum": {"num-malicious": 3}, "bulyan": {"num-malicious": 1}}
+# Clipping rules whose bound is set to an honest update's norm, so that the three long attacker updates are clipped.
+CLIP_BOUND_PARAM = {"norm-clipping": "norm-bound", "centered-clipping": "tau"}
+# Rules that carry state from round to round (saved in checkpoint.pt), and settings under which it matters.
+STATEFUL = {"foolsgold", "centered-clipping"}
+CHECKPOINT_PARAMS = {"centered-clipping": {"tau": 0.2}}  # clips, so the starting point (last round's aggregate) matters
 
 
-def test_every_defence_is_registered_under_its_own_name():
-    assert sorted(ALL_NAMES) == [name for name in STRATEGIES.names() if name in ALL_NAMES]
-    for name in ALL_NAMES:
+def listed(name: str, table_name: str):
+    """``name``'s entry in the table ``table_name``, or a failure saying what to add there."""
+    table, what = TABLES[table_name]
+    if name not in table:
+        pytest.fail(f"strategy '{name}' is registered but missing from {table_name} in tests/test_strategies.py: add it ({what})")
+    return table[name]
+
+
+def build_for_checks(name: str, params=None, **kwargs):
+    """``build``, or a failure saying what to add when the strategy rejects the shared checks' settings."""
+    try:
+        return build(name, params, **kwargs)
+    except ValueError as error:
+        pytest.fail(
+            f"strategy '{name}' cannot be built for the shared checks ({NUM_CLIENTS} clients, {NUM_ATTACKERS} attackers):"
+            f" {error}; give it params that fit in ATTACKER_PARAMS (tests/test_strategies.py)"
+        )
+
+
+def test_every_strategy_is_registered_under_its_own_name():
+    assert STRATEGY_NAMES, "no strategy is registered"
+    for name in STRATEGY_NAMES:
         assert STRATEGIES.get(name).name == name  # error messages name strategy.<name>.<param>
 
 
-@pytest.mark.parametrize("name", ALL_NAMES)
+def test_every_strategy_is_listed_in_the_tables_the_shared_checks_read():
+    for table_name, (table, what) in TABLES.items():
+        missing = [name for name in STRATEGY_NAMES if name not in table]
+        assert not missing, f"add {missing} to {table_name} in tests/test_strategies.py ({what})"
+    optional = {
+        "ATTACKER_PARAMS": ATTACKER_PARAMS,
+        "CLIP_BOUND_PARAM": CLIP_BOUND_PARAM,
+        "STATEFUL": STATEFUL,
+        "CHECKPOINT_PARAMS": CHECKPOINT_PARAMS,
+    }
+    for table_name, table in {**{name: table for name, (table, _) in TABLES.items()}, **optional}.items():
+        stale = sorted(set(table) - set(STRATEGY_NAMES))
+        assert not stale, f"{table_name} in tests/test_strategies.py lists {stale}, which no strategy is registered as"
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
 def test_every_strategy_runs_a_round_and_reports(name):
     base = global_model()
     updates = scenario_updates("aligned")
-    params = {"num-malicious": 1} if name in {"krum", "multi-krum", "bulyan"} else None
-    strategy = build(name, params, root_data=hooks(base, updates[0]))
+    strategy = build_for_checks(name, root_data=hooks(base, updates[0]))  # the Krum family: f = 1, its default
     arrays, metrics = run_round(strategy, base, client_models(updates, base))
     assert arrays is not None and list(arrays.keys()) == list(base.keys())
     for key, value in as_numpy(arrays).items():
@@ -183,20 +256,16 @@ def test_every_strategy_runs_a_round_and_reports(name):
     assert set(strategy.last_flagged) <= set(range(PID_OFFSET, PID_OFFSET + NUM_CLIENTS))
 
 
-
-LEAVE_CLIENTS_OUT = {"krum", "multi-krum", "bulyan", "flame", "foolsgold", "fltrust", "deepsight", "freqfed"}
-WEIGHT_CLIENTS = {"foolsgold", "fltrust", "rfa", "centered-clipping", "norm-clipping"}
-
-
-@pytest.mark.parametrize("name", ALL_NAMES)
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
 def test_only_rules_that_can_leave_a_client_out_are_scored_on_flags(name):
     """A rule that never excludes a client (RLR, RFA, clipping, ...) gets no precision/recall of 0; weighting rules report weights."""
+    listed(name, "REPORTS")
     base = global_model()
     updates = scenario_updates("aligned")
-    params = {"num-malicious": 3} if name in {"krum", "multi-krum"} else {"num-malicious": 1} if name == "bulyan" else None
-    if name in {"norm-clipping", "centered-clipping"}:  # bounds that clip the three long attacker updates
-        params = {"norm-bound" if name == "norm-clipping" else "tau": float(np.linalg.norm(updates[0]))}
-    strategy = build(name, params, root_data=hooks(base, updates[0]))
+    params = ATTACKER_PARAMS.get(name)
+    if name in CLIP_BOUND_PARAM:  # bounds that clip the three long attacker updates
+        params = {CLIP_BOUND_PARAM[name]: float(np.linalg.norm(updates[0]))}
+    strategy = build_for_checks(name, params, root_data=hooks(base, updates[0]))
     run_round(strategy, base, client_models(updates, base))
     assert strategy.flags_clients == (name in LEAVE_CLIENTS_OUT)
     if not strategy.flags_clients:
@@ -212,7 +281,6 @@ def test_only_rules_that_can_leave_a_client_out_are_scored_on_flags(name):
 
 
 STATISTICS = {"bn.running_mean": (6,), "bn.running_var": (6,)}
-COORDINATEWISE = {"median", "trimmed-mean", "bulyan"}  # per-coordinate rules (Bulyan: its second step): the statistics get the rule too
 
 
 def with_statistics(arrays: dict[str, np.ndarray], moved: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -228,8 +296,7 @@ def statistics_round(name: str, moves: np.ndarray | None, scenario: str = "align
     base = with_statistics(global_model())
     updates = scenario_updates(scenario)
     models = [with_statistics(model, None if moves is None else moves[i]) for i, model in enumerate(client_models(updates, base))]
-    params = {"num-malicious": 3} if name in {"krum", "multi-krum"} else {"num-malicious": 1} if name == "bulyan" else None
-    strategy = build(name, params, root_data=hooks(base, updates[0]))
+    strategy = build_for_checks(name, ATTACKER_PARAMS.get(name), root_data=hooks(base, updates[0]))
     strategy.configure_train(1, to_record(base), ConfigRecord(), FakeGrid())
     replies = [
         Message(
@@ -248,9 +315,10 @@ def statistics_round(name: str, moves: np.ndarray | None, scenario: str = "align
     return as_numpy(arrays), strategy.last_flagged, models
 
 
-@pytest.mark.parametrize("name", ALL_NAMES)
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
 def test_defences_measure_learned_weights_not_batchnorm_running_statistics(name):
     """Clients whose running statistics moved a lot (here far more than their weights) are judged by their weights alone."""
+    listed(name, "STATISTICS_RULE")
     still, flagged_still, _ = statistics_round(name, None)
     moves = np.random.default_rng(3).normal(scale=50.0, size=(NUM_CLIENTS, 12))
     moves[ATTACKERS] = 0.0  # the attackers' statistics stay put: only the honest clients' look "anomalous"
@@ -270,13 +338,11 @@ def test_defences_measure_learned_weights_not_batchnorm_running_statistics(name)
         np.testing.assert_allclose(moved[key], expected, rtol=1e-5, atol=1e-5, err_msg=key)
 
 
-STATISTICS_BY_MEAN = {"fedavg", "krum", "multi-krum"}  # Flower's averaging of whom it kept
-
-
-@pytest.mark.parametrize("name", sorted(set(ALL_NAMES) - COORDINATEWISE - STATISTICS_BY_MEAN))
+@pytest.mark.parametrize("name", [name for name in STRATEGY_NAMES if name not in COORDINATEWISE | STATISTICS_BY_MEAN])
 def test_a_boosted_attackers_running_statistics_cannot_pass_a_defence(name):
     """Model replacement scales every float entry, running statistics included: a defence that clips or
     down-weights the attacker's weights must not let its statistics through at full weight."""
+    listed(name, "STATISTICS_RULE")
     honest = np.random.default_rng(4).normal(scale=0.1, size=(NUM_CLIENTS, 12))
     boosted = honest.copy()
     boosted[ATTACKERS] = 1000.0  # one far-off value per statistic for every attacker
@@ -285,7 +351,8 @@ def test_a_boosted_attackers_running_statistics_cannot_pass_a_defence(name):
     for key in STATISTICS:
         assert np.abs(attacked[key] - clean[key]).max() < 1.0, key  # a mean would move them by ~300
 
-UPDATE_DEFENCES = [name for name in ALL_NAMES if issubclass(STRATEGIES.get(name), UpdateDefence)]
+
+UPDATE_DEFENCES = [name for name in STRATEGY_NAMES if issubclass(STRATEGIES.get(name), UpdateDefence)]
 
 
 @pytest.mark.parametrize("name", UPDATE_DEFENCES)
@@ -296,7 +363,7 @@ def test_reused_update_matrix_gives_the_rounds_a_fresh_one_gives(name, monkeypat
     rounds = [scenario_updates("aligned", 1), scenario_updates("diverse", 2)[:7], scenario_updates("aligned", 3)]
 
     def run_three_rounds():
-        strategy = build(name, root_data=hooks(base, rounds[0][0]))
+        strategy = build_for_checks(name, root_data=hooks(base, rounds[0][0]))
         results, pointers = [], []
         for server_round, updates in enumerate(rounds, start=1):
             strategy.configure_train(server_round, to_record(base), ConfigRecord(), FakeGrid())
@@ -703,14 +770,12 @@ def test_centered_clipping_remembers_the_previous_aggregate():
     assert np.linalg.norm(flat(as_numpy(second)) - flat(base)) > np.linalg.norm(moved)
 
 
-@pytest.mark.parametrize("name", ALL_NAMES)
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
 def test_a_defence_restored_from_its_checkpointed_state_aggregates_as_an_uninterrupted_one(name, tmp_path):
     """A resumed run rebuilds the strategy; what it carries between rounds (FoolsGold's update
     histories, centered clipping's last aggregate) comes back from checkpoint.pt."""
     base = global_model()
-    params = {"num-malicious": 3} if name in {"krum", "multi-krum"} else {"num-malicious": 1} if name == "bulyan" else None
-    if name == "centered-clipping":
-        params = {"tau": 0.2}  # clips, so the starting point (last round's aggregate) matters
+    params = CHECKPOINT_PARAMS.get(name, ATTACKER_PARAMS.get(name))
     # Round 1: identical sybils; round 2: small unrelated updates, so FoolsGold's verdict in
     # round 2 rests on the history of round 1.
     first = scenario_updates("diverse", seed=1)
@@ -718,7 +783,7 @@ def test_a_defence_restored_from_its_checkpointed_state_aggregates_as_an_uninter
     rounds = [client_models(first, base), client_models(second, base)]
 
     def fresh():
-        return build(name, params, root_data=hooks(base, first[0]))
+        return build_for_checks(name, params, root_data=hooks(base, first[0]))
 
     uninterrupted = fresh()
     run_round(uninterrupted, base, rounds[0])
@@ -733,7 +798,7 @@ def test_a_defence_restored_from_its_checkpointed_state_aggregates_as_an_uninter
     for key, array in as_numpy(expected).items():
         np.testing.assert_array_equal(as_numpy(got)[key], array, err_msg=key)
     assert resumed.last_weights == uninterrupted.last_weights and resumed.last_flagged == uninterrupted.last_flagged
-    assert (name in {"foolsgold", "centered-clipping"}) == bool(interrupted.state_dict())
+    assert (name in STATEFUL) == bool(interrupted.state_dict()), "STATEFUL (tests/test_strategies.py) lists the rules with a state_dict"
 
 
 # ---------------------------------------------------------------- parameter validation names the key

@@ -100,8 +100,8 @@ class FoolsGold(UpdateDefence):
     name = "foolsgold"
     Params = FoolsGoldParams
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def init_state(self) -> None:
+        super().init_state()
         self._history = UpdateHistory()
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -5,6 +5,14 @@ A registered class is built by the ServerApp as
 ``params`` is the class's ``Params`` (or a mapping of its run-config keys, or
 None for the paper's defaults), ``root_data`` a :class:`ServerModelHooks`
 for the defences that need the model itself (FLTrust, DeepSight).
+
+That constructor is :meth:`FlowerbedStrategy.__init__`, shared by every strategy.
+A class states only what is its own, in hooks the constructor calls in this order:
+
+1. :meth:`~FlowerbedStrategy.check_root_data` (a class method): reject missing server-side hooks;
+2. :meth:`~FlowerbedStrategy.check_params` (a class method): reject impossible Params;
+3. :meth:`~FlowerbedStrategy.init_flower`: call the Flower strategy's ``__init__`` with the class's arguments;
+4. :meth:`~FlowerbedStrategy.init_state`: set up what the strategy keeps besides its Params.
 """
 
 from __future__ import annotations
@@ -17,12 +25,18 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from flowerbed.platform.server_model import ServerModelHooks
+
 from .detection import PARTITION_ID_KEY, DetectionReport
 from .params import StrategyParams, param_error, parse_params
 
 
 class FlowerbedStrategy(DetectionReport):
-    """Mixin for Flower strategies registered in ``STRATEGIES``."""
+    """Mixin for Flower strategies registered in ``STRATEGIES``; list it before the Flower class.
+
+    ``class Krum(ReportsKrumSelection, FlowerbedStrategy, flwr_strategy.Krum)``: other mixins
+    first, then this one, then Flower's strategy, so this ``__init__`` is the one that runs.
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type[StrategyParams]] = StrategyParams
@@ -30,6 +44,43 @@ class FlowerbedStrategy(DetectionReport):
     params: StrategyParams
     num_clients_per_round: int
     seed: int
+    root_data: ServerModelHooks | None
+
+    def __init__(
+        self,
+        params: StrategyParams | Mapping[str, Any] | None = None,
+        *,
+        fraction_train: float = 1.0,
+        num_clients_per_round: int,
+        seed: int = 0,
+        root_data: ServerModelHooks | None = None,
+    ) -> None:
+        """Validate and store the Params, build the Flower strategy, then the class's own state.
+
+        Raises ValueError naming the run-config key (``strategy.<name>.<param>``) on bad input.
+        """
+        self.check_root_data(root_data)
+        parsed = self.init_flowerbed(params, num_clients_per_round, seed)
+        # Flower's __init__ runs here, called by the class (not through super()), with its own arguments.
+        self.init_flower(parsed, flower_kwargs(fraction_train, num_clients_per_round))
+        self.root_data = root_data
+        self.init_state()
+
+    @classmethod
+    def check_root_data(cls, root_data: ServerModelHooks | None) -> None:
+        """Reject ``root_data`` the strategy cannot work without (override where needed; runs first)."""
+
+    def init_flower(self, params: Any, flower_kwargs: dict[str, Any]) -> None:
+        """Call the Flower strategy's ``__init__`` with ``flower_kwargs`` (see :func:`flower_kwargs`)
+        and the class's own arguments, taken from the validated ``params``."""
+        raise NotImplementedError(
+            f"{type(self).__name__}: define init_flower(self, params, flower_kwargs) calling the Flower"
+            " strategy's __init__, or subclass UpdateDefence"
+        )
+
+    def init_state(self) -> None:
+        """Set up what the strategy keeps besides its Params (round-to-round memory, hooks taken
+        from ``self.root_data``); runs last. Overrides call ``super().init_state()`` first."""
 
     @classmethod
     def validate_params(

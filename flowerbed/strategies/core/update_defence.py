@@ -9,7 +9,7 @@ it accepted (and with what weight). The global model of the round is kept from
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from flowerbed.platform.server_model import ServerModelHooks
-
-from .base import FlowerbedStrategy, flower_kwargs
+from .base import FlowerbedStrategy
 from .params import StrategyParams
 from .updates import UpdateBatch, UpdateMatrixBuffer
 
@@ -40,20 +38,16 @@ class Aggregation:
 
 
 class UpdateDefence(FlowerbedStrategy, FedAvg):
-    """FedAvg whose aggregation is replaced by a defence computed on client updates."""
+    """FedAvg whose aggregation is replaced by a defence computed on client updates.
 
-    def __init__(
-        self,
-        params: StrategyParams | Mapping[str, Any] | None = None,
-        *,
-        fraction_train: float = 1.0,
-        num_clients_per_round: int,
-        seed: int = 0,
-        root_data: ServerModelHooks | None = None,
-    ) -> None:
-        self.init_flowerbed(params, num_clients_per_round, seed)
-        FedAvg.__init__(self, **flower_kwargs(fraction_train, num_clients_per_round))
-        self.root_data = root_data
+    A subclass needs no constructor: it declares ``name``, ``Params``, ``aggregate_updates``
+    and, if it keeps state, ``init_state`` (calling ``super().init_state()`` first).
+    """
+
+    def init_flower(self, params: StrategyParams, flower_kwargs: dict[str, Any]) -> None:
+        FedAvg.__init__(self, **flower_kwargs)
+
+    def init_state(self) -> None:
         self._global_arrays: ArrayRecord | None = None
         self._update_matrix = UpdateMatrixBuffer()
 

@@ -145,8 +145,8 @@ class DeepSight(UpdateDefence):
     name = "deepsight"
     Params = DeepSightParams
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def init_state(self) -> None:
+        super().init_state()
         hooks = self.root_data
         self._predict = None if hooks is None or hooks.input_shape is None else hooks.predict
         if self._predict is None:

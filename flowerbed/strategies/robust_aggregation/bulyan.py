@@ -9,7 +9,7 @@ attackers collude."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from logging import WARNING
 from typing import Any
 
@@ -19,9 +19,8 @@ from flwr.supercore import log
 from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
-from flowerbed.platform.server_model import ServerModelHooks
 
-from ..core.base import FlowerbedStrategy, flower_kwargs
+from ..core.base import FlowerbedStrategy
 from ..core.params import StrategyParams
 from .coordinatewise import bulyan_coordinate_aggregate, reply_arrays
 from .krum_selection import select_multikrum
@@ -42,21 +41,9 @@ class Bulyan(FlowerbedStrategy, flwr_strategy.Bulyan):
     name = "bulyan"
     Params = BulyanParams
 
-    def __init__(
-        self,
-        params: BulyanParams | Mapping[str, Any] | None = None,
-        *,
-        fraction_train: float = 1.0,
-        num_clients_per_round: int,
-        seed: int = 0,
-        root_data: ServerModelHooks | None = None,
-    ) -> None:
-        parsed = self.init_flowerbed(params, num_clients_per_round, seed)
+    def init_flower(self, params: BulyanParams, flower_kwargs: dict[str, Any]) -> None:
         flwr_strategy.Bulyan.__init__(
-            self,
-            num_malicious_nodes=parsed.num_malicious,
-            selection_rule=select_multikrum,
-            **flower_kwargs(fraction_train, num_clients_per_round),
+            self, num_malicious_nodes=params.num_malicious, selection_rule=select_multikrum, **flower_kwargs
         )
 
     @classmethod

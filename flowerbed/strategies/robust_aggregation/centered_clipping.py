@@ -51,8 +51,8 @@ class CenteredClipping(UpdateDefence):
     Params = CenteredClippingParams
     flags_clients = False  # down-weights (its clipping coefficients are reported), never leaves a client out
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def init_state(self) -> None:
+        super().init_state()
         self._previous_update: torch.Tensor | None = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:

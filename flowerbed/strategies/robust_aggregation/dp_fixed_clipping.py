@@ -23,7 +23,7 @@ twice the sensitivity: this is a backdoor defence here, not a privacy guarantee.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -36,9 +36,8 @@ from pydantic import Field
 
 from flowerbed.platform.arrays import array_view, is_learned, update_norm
 from flowerbed.platform.registry import STRATEGIES
-from flowerbed.platform.server_model import ServerModelHooks
 
-from ..core.base import FlagsNobody, FlowerbedStrategy, flower_kwargs
+from ..core.base import FlagsNobody, FlowerbedStrategy
 from ..core.params import StrategyParams
 from ..core.updates import coordinatewise_median
 
@@ -84,23 +83,17 @@ class DpFixedClipping(FlagsNobody, FlowerbedStrategy, flwr_strategy.Differential
     name = "dp-fixed-clipping"
     Params = DpFixedClippingParams
 
-    def __init__(
-        self,
-        params: DpFixedClippingParams | Mapping[str, Any] | None = None,
-        *,
-        fraction_train: float = 1.0,
-        num_clients_per_round: int,
-        seed: int = 0,
-        root_data: ServerModelHooks | None = None,
-    ) -> None:
-        parsed = self.init_flowerbed(params, num_clients_per_round, seed)
+    def init_flower(self, params: DpFixedClippingParams, flower_kwargs: dict[str, Any]) -> None:
+        """Wrap a plain Flower FedAvg (the inner ``self.strategy``) that samples and averages the clients."""
         flwr_strategy.DifferentialPrivacyServerSideFixedClipping.__init__(
             self,
-            flwr_strategy.FedAvg(**flower_kwargs(fraction_train, num_clients_per_round)),
-            noise_multiplier=parsed.noise_multiplier,
-            clipping_norm=parsed.clipping_norm,
-            num_sampled_clients=num_clients_per_round,
+            flwr_strategy.FedAvg(**flower_kwargs),
+            noise_multiplier=params.noise_multiplier,
+            clipping_norm=params.clipping_norm,
+            num_sampled_clients=self.num_clients_per_round,
         )
+
+    def init_state(self) -> None:
         self._round = 0
 
     def aggregate_train(

@@ -20,9 +20,6 @@ Needs ``root_data=ServerModelHooks(root_update=...)`` from the ServerApp.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
 from flowerbed.platform.registry import STRATEGIES
@@ -59,27 +56,13 @@ class FLTrust(UpdateDefence):
     name = "fltrust"
     Params = StrategyParams
 
-    def __init__(
-        self,
-        params: StrategyParams | Mapping[str, Any] | None = None,
-        *,
-        fraction_train: float = 1.0,
-        num_clients_per_round: int,
-        seed: int = 0,
-        root_data: ServerModelHooks | None = None,
-    ) -> None:
+    @classmethod
+    def check_root_data(cls, root_data: ServerModelHooks | None) -> None:
         if root_data is None or root_data.root_update is None:
             raise ValueError(
                 "strategy.fltrust: needs root_data=ServerModelHooks(root_update=...), the server's training on its root"
                 " data (image classification keeps 'data.server-size' training images for it; it must be > 0)"
             )
-        super().__init__(
-            params,
-            fraction_train=fraction_train,
-            num_clients_per_round=num_clients_per_round,
-            seed=seed,
-            root_data=root_data,
-        )
 
     def aggregate_updates(self, batch: UpdateBatch, server_round: int) -> Aggregation:
         assert self.root_data is not None and self.root_data.root_update is not None and self._global_arrays is not None

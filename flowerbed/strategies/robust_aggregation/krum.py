@@ -5,16 +5,14 @@ subclass reports the clients it dropped."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
-from flowerbed.platform.server_model import ServerModelHooks
 
-from ..core.base import FlowerbedStrategy, flower_kwargs
+from ..core.base import FlowerbedStrategy
 from ..core.params import StrategyParams
 from .krum_selection import ReportsKrumSelection
 
@@ -44,19 +42,8 @@ class Krum(ReportsKrumSelection, FlowerbedStrategy, flwr_strategy.Krum):
     name = "krum"
     Params = KrumParams
 
-    def __init__(
-        self,
-        params: KrumParams | Mapping[str, Any] | None = None,
-        *,
-        fraction_train: float = 1.0,
-        num_clients_per_round: int,
-        seed: int = 0,
-        root_data: ServerModelHooks | None = None,
-    ) -> None:
-        parsed = self.init_flowerbed(params, num_clients_per_round, seed)
-        flwr_strategy.Krum.__init__(
-            self, num_malicious_nodes=parsed.num_malicious, **flower_kwargs(fraction_train, num_clients_per_round)
-        )
+    def init_flower(self, params: KrumParams, flower_kwargs: dict[str, Any]) -> None:
+        flwr_strategy.Krum.__init__(self, num_malicious_nodes=params.num_malicious, **flower_kwargs)
 
     @classmethod
     def check_params(cls, params: KrumParams, num_clients_per_round: int) -> None:

@@ -6,16 +6,15 @@ coordinates (see :mod:`.coordinatewise`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord
 from flwr.serverapp import strategy as flwr_strategy
 
 from flowerbed.platform.registry import STRATEGIES
-from flowerbed.platform.server_model import ServerModelHooks
 
-from ..core.base import FlagsNobody, FlowerbedStrategy, flower_kwargs
+from ..core.base import FlagsNobody, FlowerbedStrategy
 from ..core.params import StrategyParams
 from .coordinatewise import CoordinatewiseAggregation, median_aggregate
 
@@ -27,17 +26,8 @@ class Median(FlagsNobody, FlowerbedStrategy, CoordinatewiseAggregation, flwr_str
     name = "median"
     Params = StrategyParams
 
-    def __init__(
-        self,
-        params: StrategyParams | Mapping[str, Any] | None = None,
-        *,
-        fraction_train: float = 1.0,
-        num_clients_per_round: int,
-        seed: int = 0,
-        root_data: ServerModelHooks | None = None,
-    ) -> None:
-        self.init_flowerbed(params, num_clients_per_round, seed)
-        flwr_strategy.FedMedian.__init__(self, **flower_kwargs(fraction_train, num_clients_per_round))
+    def init_flower(self, params: StrategyParams, flower_kwargs: dict[str, Any]) -> None:
+        flwr_strategy.FedMedian.__init__(self, **flower_kwargs)
 
     def aggregate_arrays(self, records: Sequence[ArrayRecord], keys: list[str]) -> ArrayRecord:
         return median_aggregate(records, keys)

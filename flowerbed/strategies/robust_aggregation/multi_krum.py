@@ -6,16 +6,14 @@ mean (under the bench's Dirichlet split a large client gets up to ~1.9x that wei
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
-from flowerbed.platform.server_model import ServerModelHooks
 
-from ..core.base import FlowerbedStrategy, flower_kwargs
+from ..core.base import FlowerbedStrategy
 from .krum import KrumParams, check_krum_tolerance
 from .krum_selection import ReportsKrumSelection
 
@@ -35,22 +33,10 @@ class MultiKrum(ReportsKrumSelection, FlowerbedStrategy, flwr_strategy.MultiKrum
     name = "multi-krum"
     Params = MultiKrumParams
 
-    def __init__(
-        self,
-        params: MultiKrumParams | Mapping[str, Any] | None = None,
-        *,
-        fraction_train: float = 1.0,
-        num_clients_per_round: int,
-        seed: int = 0,
-        root_data: ServerModelHooks | None = None,
-    ) -> None:
-        parsed = self.init_flowerbed(params, num_clients_per_round, seed)
-        num_selected = parsed.num_selected or num_clients_per_round - parsed.num_malicious
+    def init_flower(self, params: MultiKrumParams, flower_kwargs: dict[str, Any]) -> None:
+        num_selected = params.num_selected or self.num_clients_per_round - params.num_malicious
         flwr_strategy.MultiKrum.__init__(
-            self,
-            num_malicious_nodes=parsed.num_malicious,
-            num_nodes_to_select=num_selected,
-            **flower_kwargs(fraction_train, num_clients_per_round),
+            self, num_malicious_nodes=params.num_malicious, num_nodes_to_select=num_selected, **flower_kwargs
         )
 
     @classmethod

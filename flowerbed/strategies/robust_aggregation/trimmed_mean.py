@@ -7,7 +7,7 @@ block by block on sorted coordinates (see :mod:`.coordinatewise`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord
@@ -15,9 +15,8 @@ from flwr.serverapp import strategy as flwr_strategy
 from pydantic import Field
 
 from flowerbed.platform.registry import STRATEGIES
-from flowerbed.platform.server_model import ServerModelHooks
 
-from ..core.base import FlagsNobody, FlowerbedStrategy, flower_kwargs
+from ..core.base import FlagsNobody, FlowerbedStrategy
 from ..core.params import StrategyParams
 from .coordinatewise import CoordinatewiseAggregation, trimmed_mean_aggregate
 
@@ -35,19 +34,8 @@ class TrimmedMean(FlagsNobody, FlowerbedStrategy, CoordinatewiseAggregation, flw
     name = "trimmed-mean"
     Params = TrimmedMeanParams
 
-    def __init__(
-        self,
-        params: TrimmedMeanParams | Mapping[str, Any] | None = None,
-        *,
-        fraction_train: float = 1.0,
-        num_clients_per_round: int,
-        seed: int = 0,
-        root_data: ServerModelHooks | None = None,
-    ) -> None:
-        parsed = self.init_flowerbed(params, num_clients_per_round, seed)
-        flwr_strategy.FedTrimmedAvg.__init__(
-            self, beta=parsed.beta, **flower_kwargs(fraction_train, num_clients_per_round)
-        )
+    def init_flower(self, params: TrimmedMeanParams, flower_kwargs: dict[str, Any]) -> None:
+        flwr_strategy.FedTrimmedAvg.__init__(self, beta=params.beta, **flower_kwargs)
 
     def aggregate_arrays(self, records: Sequence[ArrayRecord], keys: list[str]) -> ArrayRecord:
         """Cut ``int(beta * n)`` values from each tail, n the number of valid replies (as Flower does)."""
