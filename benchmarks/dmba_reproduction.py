@@ -58,10 +58,10 @@ import torch
 
 from flowerbed.cli import parse_assignment, read_experiment
 from flowerbed.platform.config import RunConfig, parse_run_config
-from flowerbed.workloads.image_classification.data.base import to_float
-from flowerbed.workloads.image_classification.workload import ImageClassification
 from flowerbed.platform.recorder import CHECKPOINT, CONFIG, METRICS, read_metrics
 from flowerbed.platform.roles import build_attack_plan
+from flowerbed.workloads.image_classification.data.base import to_float
+from flowerbed.workloads.image_classification.workload import ImageClassification
 
 ROOT = Path(__file__).resolve().parents[1]
 DMBA_EXPERIMENT = ROOT / "experiments" / "dmba-reproduction.toml"

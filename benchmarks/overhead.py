@@ -110,10 +110,10 @@ def measure_plain(args: argparse.Namespace) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from flowerbed.platform.config import parse_run_config
-    from flowerbed.workloads.image_classification.data import load_dataset
     from flowerbed.platform.partitioning import partition_indices
     from flowerbed.platform.registry import MODELS
     from flowerbed.platform.seeding import generator, seed_torch
+    from flowerbed.workloads.image_classification.data import load_dataset
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -31,11 +31,11 @@ from types import SimpleNamespace
 
 import torch
 
-from flowerbed.platform import client_app, messages
 from flowerbed.bench.grid import read_grid
+from flowerbed.platform import client_app, messages
 from flowerbed.platform.config import parse_run_config
-from flowerbed.workloads.image_classification.workload import triggered_success
 from flowerbed.platform.initial_model import load_initial_weights
+from flowerbed.workloads.image_classification.workload import triggered_success
 
 
 def parse_assignments(text: str) -> dict[str, object]:

@@ -23,9 +23,9 @@ import torch
 
 from flowerbed.platform.arrays import is_learned
 from flowerbed.platform.config import parse_run_config
-from flowerbed.workloads.image_classification.workload import ImageClassification
 from flowerbed.platform.seeding import generator
 from flowerbed.platform.workload import TrainContext
+from flowerbed.workloads.image_classification.workload import ImageClassification
 
 
 def update_norms(workload: ImageClassification, state: dict[str, torch.Tensor], partition_id: int) -> tuple[float, float]:

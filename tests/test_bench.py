@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from flowerbed.bench.command import parse_duration
-from flowerbed.bench.grid import parse_grid, read_grid, select_cells
 from flowerbed.bench.figures import collapsed_cells
+from flowerbed.bench.grid import parse_grid, read_grid, select_cells
 from flowerbed.bench.run import run_grid, simulate
 from flowerbed.bench.tables import BACKDOOR_FIELDS, BASE_COLUMNS, format_stat
 from flowerbed.cli import main

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from flowerbed.platform.config import PartitionConfig, parse_run_config
+from flowerbed.platform.partitioning import partition_indices
 from flowerbed.workloads.image_classification.data import load_dataset
 from flowerbed.workloads.image_classification.data.digits_rgb import build_digits_rgb32
-from flowerbed.platform.partitioning import partition_indices
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from flowerbed.platform.config import parse_run_config
-from flowerbed.workloads.image_classification.data.base import to_float
-from flowerbed.workloads.image_classification.workload import ImageClassification
 from flowerbed.platform.recorder import read_metrics
 from flowerbed.platform.roles import build_attack_plan
 from flowerbed.platform.simulation import run_experiment
+from flowerbed.workloads.image_classification.data.base import to_float
+from flowerbed.workloads.image_classification.workload import ImageClassification
 
 ATTACK = {
     "attack.name": "badnets",

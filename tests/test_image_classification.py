@@ -9,9 +9,9 @@ import torch
 from flwr.app import ArrayRecord
 
 from flowerbed.platform.config import ConfigError, parse_run_config
-from flowerbed.workloads.image_classification.workload import EVAL_BATCH, ImageClassification
 from flowerbed.platform.run_parts import build_strategy
 from flowerbed.platform.workload import TrainContext, Workload
+from flowerbed.workloads.image_classification.workload import EVAL_BATCH, ImageClassification
 
 
 def test_models_are_channels_last_with_unchanged_state_dict_shapes(small_run):

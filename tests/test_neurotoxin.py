@@ -12,9 +12,9 @@ from flowerbed.clients.triggers.base import Backdoor
 from flowerbed.clients.triggers.patch import PatchTrigger
 from flowerbed.platform import client_app, messages
 from flowerbed.platform.config import parse_run_config
-from flowerbed.workloads.image_classification.workload import ImageClassification
 from flowerbed.platform.seeding import generator, seed_torch
 from flowerbed.platform.workload import TrainContext
+from flowerbed.workloads.image_classification.workload import ImageClassification
 
 
 def neurotoxin(**params) -> Neurotoxin:

@@ -168,8 +168,8 @@ def test_model_init_starts_the_federation_from_given_weights(reference, tmp_path
 
 def test_model_init_accepts_a_file_or_checkpoint_and_names_the_key_when_wrong(reference, tmp_path):
     from flowerbed.platform.config import ConfigError
-    from flowerbed.workloads.image_classification.workload import ImageClassification
     from flowerbed.platform.initial_model import load_initial_weights
+    from flowerbed.workloads.image_classification.workload import ImageClassification
 
     flat, run_dir = reference
     workload = ImageClassification(parse_run_config(flat))

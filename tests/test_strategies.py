@@ -16,10 +16,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from flowerbed.platform.registry import STRATEGIES
 from flowerbed.platform.sanitize import sanitize_replies
 from flowerbed.platform.server_model import ServerModelHooks
-from flowerbed.strategies.robust_aggregation.coordinatewise import closest_to_median_window
-from flowerbed.strategies.robust_aggregation.krum_selection import squared_distances
 from flowerbed.strategies.core.update_defence import UpdateDefence
 from flowerbed.strategies.core.updates import UpdateBatch, UpdateMatrixBuffer
+from flowerbed.strategies.robust_aggregation.coordinatewise import closest_to_median_window
+from flowerbed.strategies.robust_aggregation.krum_selection import squared_distances
 
 SHAPES = {"hidden.weight": (6, 5), "hidden.bias": (6,), "out.weight": (4, 6), "out.bias": (4,)}
 FLOAT_SIZE = sum(math.prod(shape) for shape in SHAPES.values())

@@ -11,13 +11,6 @@ from flwr.app import Array, ArrayRecord
 from flowerbed.strategies.anomaly_detection.foolsgold import UpdateHistory, foolsgold_aggregate, foolsgold_weights
 from flowerbed.strategies.anomaly_detection.freqfed import freqfed_aggregate, low_frequency_features
 from flowerbed.strategies.core.clustering import majority_cluster
-from flowerbed.strategies.hybrid.deepsight import deepsight_filter, suspicious_labels, threshold_exceedings
-from flowerbed.strategies.hybrid.flame import flame_aggregate
-from flowerbed.strategies.robust_aggregation.centered_clipping import centered_clipping
-from flowerbed.strategies.robust_aggregation.fltrust import fltrust_aggregate
-from flowerbed.strategies.robust_aggregation.norm_clipping import norm_clipping_aggregate
-from flowerbed.strategies.robust_aggregation.rfa import geometric_median
-from flowerbed.strategies.robust_aggregation.rlr import rlr_aggregate
 from flowerbed.strategies.core.updates import (
     ArrayLayout,
     cosine_distances,
@@ -25,6 +18,13 @@ from flowerbed.strategies.core.updates import (
     distances_to,
     pairwise_sq_distances,
 )
+from flowerbed.strategies.hybrid.deepsight import deepsight_filter, suspicious_labels, threshold_exceedings
+from flowerbed.strategies.hybrid.flame import flame_aggregate
+from flowerbed.strategies.robust_aggregation.centered_clipping import centered_clipping
+from flowerbed.strategies.robust_aggregation.fltrust import fltrust_aggregate
+from flowerbed.strategies.robust_aggregation.norm_clipping import norm_clipping_aggregate
+from flowerbed.strategies.robust_aggregation.rfa import geometric_median
+from flowerbed.strategies.robust_aggregation.rlr import rlr_aggregate
 
 NUM_HONEST, NUM_ATTACKERS, DIM = 7, 3, 48
 

@@ -12,13 +12,13 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from flowerbed.clients.triggers.base import Backdoor, Trigger
 from flowerbed.clients.triggers.blend import BlendTrigger
-from flowerbed.clients.triggers.helpers.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from flowerbed.clients.triggers.dba import DBATrigger, dba_global_trigger
-from flowerbed.clients.triggers.helpers.dct import block_dct2, block_idct2, dct_matrix
 from flowerbed.clients.triggers.dmba import DMBATrigger, dmba_assignment
 from flowerbed.clients.triggers.frequency import FrequencyTrigger
-from flowerbed.clients.triggers.patch import PatchTrigger
+from flowerbed.clients.triggers.helpers.colour import rgb_to_ycbcr, ycbcr_to_rgb
+from flowerbed.clients.triggers.helpers.dct import block_dct2, block_idct2, dct_matrix
 from flowerbed.clients.triggers.helpers.stealth import psnr, ssim
+from flowerbed.clients.triggers.patch import PatchTrigger
 from flowerbed.platform.registry import TRIGGERS
 
 SHAPE = (3, 32, 32)

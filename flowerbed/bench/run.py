@@ -30,7 +30,6 @@ from flowerbed.bench.tables import cell_row
 from flowerbed.platform.config import RunConfig, parse_run_config
 from flowerbed.platform.recorder import atomic_write_bytes, atomic_write_json
 
-
 Runner = Callable[[RunConfig, bool], Any]
 
 

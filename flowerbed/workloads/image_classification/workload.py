@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord
 from torch import nn
 
-from flowerbed.workloads.image_classification.data import load_dataset
-from flowerbed.workloads.image_classification.data.base import to_float
 from flowerbed.platform.partitioning import partition_indices
 from flowerbed.platform.registry import MODELS, WORKLOADS
 from flowerbed.platform.seeding import generator
 from flowerbed.platform.server_model import ServerModelHooks
 from flowerbed.platform.workload import TrainContext, Workload
+from flowerbed.workloads.image_classification.data import load_dataset
+from flowerbed.workloads.image_classification.data.base import to_float
 
 EVAL_BATCH = 500
 

@@ -11,7 +11,6 @@ data_range=1)`` returns; the tests check the two agree.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from flowerbed.workloads.image_classification.data.base import ImageDataset
 from flowerbed.platform.registry import DATASETS
+from flowerbed.workloads.image_classification.data.base import ImageDataset
 
 BUILD_VERSION = 1
 IMAGE_SIZE = 32

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowerbed.workloads.image_classification.data.base import ImageDataset
 from flowerbed.platform.registry import DATASETS
+from flowerbed.workloads.image_classification.data.base import ImageDataset
 
 # name -> (torchvision class name, classes, image shape, split keyword, where the files go)
 _SOURCES = {
