@@ -17,6 +17,8 @@ from typing import Any
 
 from flowerbed.bench.command import add_bench_command
 from flowerbed.platform.config import ConfigError, default_flat_config, flatten, parse_run_config
+from flowerbed.platform.errors import RunFailed, RunFolderError
+from flowerbed.platform.recorder import METRICS, read_metrics_file
 
 LOCAL_OVERRIDES = {"num-clients": 1, "fraction-train": 1.0, "min-clients": 1}
 
@@ -26,8 +28,16 @@ def read_experiment(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError([f"experiment file {path} does not exist"])
+    if not path.is_file():
+        raise ConfigError([f"experiment file {path} is not a file"])
     try:
-        return flatten(tomllib.loads(path.read_text()))
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise ConfigError([f"experiment file {path} cannot be read: {error.strerror or error}"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"experiment file {path} is not UTF-8 text (byte {error.start}): is it a TOML file?"]) from None
+    try:
+        return flatten(tomllib.loads(text))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"experiment file {path} is not valid TOML: {error}"]) from None
 
@@ -75,8 +85,11 @@ def _command_report(args: argparse.Namespace) -> int:
     from flowerbed.platform.report import make_plots, summary_table
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "metrics.jsonl").exists():
-        raise ConfigError([f"{run_dir} is not a run folder (no metrics.jsonl)"])
+    if not (run_dir / METRICS).is_file():
+        raise RunFolderError(f"{run_dir} is not a run folder (no {METRICS})")
+    skipped = read_metrics_file(run_dir).skipped
+    for line_number, reason in skipped:
+        print(f"flowerbed: {run_dir / METRICS}, line {line_number} skipped: {reason}", file=sys.stderr)
     plots = make_plots(run_dir)
     Console().print(summary_table(run_dir))
     for plot in plots:
@@ -171,8 +184,10 @@ def _command_check_flwr_args(args: argparse.Namespace) -> int:
     in a second with the key named, and the federation gets the right size.
     """
     from flowerbed.platform.initial_model import initial_weights_path
+    from flowerbed.platform.run_parts import build_run
 
     config = parse_run_config({**app_config_defaults(Path.cwd()), **flwr_run_overrides(args.flwr_args)})
+    build_run(config)  # every part's own checks (a defence's bounds, the federation the data allows)
     initial_weights_path(config)
     print(config.num_clients)
     return 0
@@ -221,9 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"flowerbed: {error}", file=sys.stderr)
         return 2
-    except FileNotFoundError as error:
+    except (FileNotFoundError, RunFolderError) as error:
         print(f"flowerbed: {error}", file=sys.stderr)
         return 2
+    except RunFailed as error:
+        print(f"flowerbed: the run failed: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("flowerbed: interrupted; finished rounds are in the run folder's metrics.jsonl", file=sys.stderr)
         return 130

@@ -16,9 +16,12 @@ from flwr.app import Context, Error, Message, Metadata, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
+from flowerbed.clients.attack import Attack, AttackParams
 from flowerbed.platform import client_app
 from flowerbed.platform.config import parse_run_config
+from flowerbed.platform.errors import RunFailed
 from flowerbed.platform.federation import _rounded_to_integer_buffers
+from flowerbed.platform.recorder import read_metrics
 from flowerbed.platform.server_app import RunOutcome, execute
 
 NODE_OFFSET = 100
@@ -97,3 +100,78 @@ def test_an_averaged_integer_buffer_is_rounded_not_truncated():
     model.load_state_dict(_rounded_to_integer_buffers(model, averaged))
     assert int(model.num_batches_tracked) == 100
     assert torch.allclose(model.running_mean, torch.tensor([0.5, 0.25]))  # floats are left as they are
+
+
+def _run_in_process(config, fail: dict[int, set[int]], monkeypatch) -> RunOutcome:
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # what Flower's runtime sets for the ServerApp
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    outcome = RunOutcome()
+    execute(InProcessGrid(config.num_clients, fail), config, outcome, quiet=True)
+    return outcome
+
+
+def _last_run(small_run) -> Path:
+    (run_dir,) = sorted(Path(small_run["output-dir"]).iterdir())
+    return run_dir
+
+
+def test_a_run_whose_clients_all_fail_stops_failing_after_the_first_round(small_run, monkeypatch):
+    config = parse_run_config(small_run)
+    with pytest.raises(RunFailed, match=r"round 1: 4 of 4 client-rounds so far failed, more than max-failed-share = 0\.5"):
+        _run_in_process(config, {1: {0, 1, 2, 3}, 2: {0, 1, 2, 3}, 3: {0, 1, 2, 3}}, monkeypatch)
+    run_dir = _last_run(small_run)
+    rounds = read_metrics(run_dir)
+    assert [r["round"] for r in rounds] == [1] and "max-failed-share" in rounds[0]["stopped"]
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "checkpoint.pt").exists()
+
+
+def test_failures_up_to_the_threshold_let_the_run_finish_and_a_lower_threshold_stops_it(small_run, monkeypatch):
+    fail = {1: {0}, 2: {0, 1}}  # 1 of 4, then 3 of 8 client-rounds: 0.375
+    _run_in_process(parse_run_config({**small_run, "max-failed-share": 0.375}), fail, monkeypatch)
+    assert [len(r["failures"]) for r in read_metrics(_last_run(small_run))] == [1, 2, 0]
+    stricter = {**small_run, "max-failed-share": 0.3, "output-dir": small_run["output-dir"] + "-strict"}
+    with pytest.raises(RunFailed, match=r"round 2: 3 of 8 client-rounds"):
+        _run_in_process(parse_run_config(stricter), fail, monkeypatch)
+
+
+class ScaledUpdate(Attack):
+    """Sends ``scale`` x its honest update (a sign flip when negative): the whole-update scaling attack."""
+
+    name = "scaled-update"
+
+    class Params(AttackParams):
+        scale: float = -1.0
+
+    def craft(self, update, memory):
+        return {key: value * self.params.scale for key, value in update.items()}
+
+
+@pytest.mark.parametrize("scale", [-1.0, -50.0, 1e30, 3e38])
+def test_a_scaled_update_never_leaves_a_nan_global_model_without_a_recorded_reason(small_run, monkeypatch, scale):
+    flat = {
+        **small_run,
+        "attack.num-attackers": 2,
+        "attack.name": "test_round_failures:ScaledUpdate",
+        "attack.scaled-update.scale": scale,
+    }
+    try:
+        _run_in_process(parse_run_config(flat), {}, monkeypatch)
+        stopped = None
+    except RunFailed as error:
+        stopped = str(error)
+    run_dir = _last_run(small_run)
+    rounds = read_metrics(run_dir)
+    models = [torch.load(run_dir / name, weights_only=True) for name in ("model.pt", "checkpoint.pt") if (run_dir / name).exists()]
+    for state in models:
+        state = state.get("model", state)
+        assert all(torch.isfinite(value).all() for value in state.values() if torch.is_floating_point(value))
+    if stopped is None:  # the run went on: every round's model was finite and evaluated
+        assert len(rounds) == 3 and all(isinstance(r["clean_loss"], float) for r in rounds)
+    else:  # the run stopped and says why, in its last round and its error
+        assert rounds[-1]["stopped"] in stopped
+    if scale == 3e38:  # 3e38 x an update overflows float32: each such update is dropped, saying why
+        attackers = {int(pid) for pid in json.loads((run_dir / "attackers.json").read_text())["attackers"]}
+        assert stopped is not None or all(
+            {f["partition_id"] for f in r["failures"] if "NaN or Inf" in f["reason"]} == attackers for r in rounds
+        )

@@ -43,7 +43,7 @@ from flowerbed.platform.plugin_params import coerce_params
 class AttackParams(BaseModel):
     """Base for an attack's hyper-parameters (run-config keys ``attack.<name>.<param>``)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 class PoisonTrainingParams(AttackParams):

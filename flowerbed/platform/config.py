@@ -67,9 +67,9 @@ FloatList = Annotated[tuple[float, ...], BeforeValidator(_split_list), PlainSeri
 
 
 class Section(BaseModel):
-    """A strict config section: unknown keys and wrong types are errors."""
+    """A strict config section: unknown keys, wrong types and non-finite numbers are errors."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -105,7 +105,7 @@ class PluginSection(BaseModel):
     registered plugin (checked in :func:`parse_run_config`).
     """
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
     def options(self) -> dict[str, dict[str, Any]]:
         return dict(self.__pydantic_extra__ or {})
@@ -157,6 +157,14 @@ class RunConfig(Section):
     weight_decay: float = Field(0.0, alias="weight-decay", ge=0)
     batch_size: int = Field(32, alias="batch-size", ge=1)
     checkpoint_every: int = Field(1, alias="checkpoint-every", ge=1)
+    max_failed_share: float = Field(
+        0.5,
+        alias="max-failed-share",
+        ge=0,
+        le=1,
+        description="stop the run, failing, once more than this share of its client-rounds so far failed"
+        " (an error, no reply, or an update dropped as malformed)",
+    )
     plugins: CommaList = Field(
         (),
         description="your modules to import first: they register attacks, triggers, strategies or workloads by name",

@@ -1,4 +1,4 @@
-"""The error every bad run config raises, and how a pydantic error becomes one of its lines."""
+"""The errors a run ends with: a bad run config (before anything starts) and a failed run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,15 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid run config:\n  - " + "\n  - ".join(problems))
+
+
+class RunFailed(RuntimeError):
+    """A run that could not go on: too many failed clients, or a global model lost to NaN/Inf.
+    Its rounds so far are in the run folder's ``metrics.jsonl``, the last one with ``stopped``."""
+
+
+class RunFolderError(ValueError):
+    """A folder that is not a readable run folder (``flowerbed report`` on the wrong path)."""
 
 
 def describe_error(error: dict[str, Any], prefix: str = "") -> str:

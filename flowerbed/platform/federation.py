@@ -12,6 +12,7 @@ and resuming from a checkpoint.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 from flowerbed.platform import messages
 from flowerbed.platform.arrays import update_norm
 from flowerbed.platform.config import ConfigError, RunConfig
+from flowerbed.platform.errors import RunFailed
 from flowerbed.platform.initial_model import load_initial_weights
 from flowerbed.platform.progress import Progress
-from flowerbed.platform.recorder import Recorder
+from flowerbed.platform.recorder import METRICS, Recorder
 from flowerbed.platform.roles import AttackPlan
 from flowerbed.platform.run_parts import RunParts
 from flowerbed.platform.sanitize import sanitize_replies
@@ -138,6 +140,7 @@ def run_rounds(grid, run: RunParts, recorder: Recorder, progress: Progress) -> d
     arrays = ArrayRecord(model.state_dict())
     sampler = RoundSampler(config, plan)
     train_config = messages.config_record(config)
+    health = RunHealth(config.max_failed_share, recorder.rounds)
 
     for server_round in range(start_round, config.num_server_rounds + 1):
         began = time.perf_counter()
@@ -160,12 +163,21 @@ def run_rounds(grid, run: RunParts, recorder: Recorder, progress: Progress) -> d
         new_arrays, train_metrics = (None, None)
         if replies:
             new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        stopped = health.after_round(server_round, len(clients), len(replies))
         if new_arrays is not None:
-            # Back to the model's own dtypes: an average turns integer buffers (BatchNorm's
-            # num_batches_tracked) into floats, rounded here (99.999... would truncate to 99).
-            model.load_state_dict(_rounded_to_integer_buffers(model, new_arrays.to_torch_state_dict()))
-            arrays = ArrayRecord(model.state_dict())
+            aggregate = new_arrays.to_torch_state_dict()
+            if not all_finite(aggregate):
+                # Never load it: the global model stays the last finite one, and the run stops.
+                stopped = f"round {server_round}: the aggregated model has NaN/Inf values, so the global model is lost"
+            else:
+                # Back to the model's own dtypes: an average turns integer buffers (BatchNorm's
+                # num_batches_tracked) into floats, rounded here (99.999... would truncate to 99).
+                model.load_state_dict(_rounded_to_integer_buffers(model, aggregate))
+                arrays = ArrayRecord(model.state_dict())
         evaluation = workload.evaluate(model)
+        not_finite = [key for key, value in evaluation.items() if isinstance(value, float) and not math.isfinite(value)]
+        if not_finite and not stopped:  # e.g. a finite model whose BatchNorm variances went negative
+            stopped = f"round {server_round}: the global model evaluates to NaN/Inf ({', '.join(not_finite)}), so it is lost"
 
         attackers_present = [messages.reply_partition_id(r) for r in replies if messages.reply_attacked(r)]
         record: dict[str, Any] = {"round": server_round, **evaluation}
@@ -189,6 +201,11 @@ def run_rounds(grid, run: RunParts, recorder: Recorder, progress: Progress) -> d
         record["update_norms"] = norms
         record["failures"] = failures
         record["seconds"] = time.perf_counter() - began
+        if stopped:
+            record["stopped"] = stopped
+            recorder.log_round(record)
+            progress.round(record, config.num_server_rounds)
+            raise RunFailed(f"{stopped}; the rounds so far are in {recorder.run_dir / METRICS}")
         recorder.log_round(record)
         if server_round % config.checkpoint_every == 0 or server_round == config.num_server_rounds:
             strategy_state = strategy.state_dict() if hasattr(strategy, "state_dict") else {}
@@ -198,6 +215,33 @@ def run_rounds(grid, run: RunParts, recorder: Recorder, progress: Progress) -> d
     summary = build_summary(recorder.rounds, workload.headline_metric(), plan)
     recorder.finish(_detached(model), summary)
     return summary
+
+
+class RunHealth:
+    """Whether a run can go on: it fails once more than ``max_failed_share`` of its client-rounds
+    so far (a resumed run's earlier rounds included) failed, that is were sampled but not
+    aggregated (an error, no reply, or an update dropped as malformed)."""
+
+    def __init__(self, max_failed_share: float, earlier_rounds: list[dict[str, Any]]) -> None:
+        self.max_failed_share = max_failed_share
+        self.sampled = sum(len(record.get("clients", [])) for record in earlier_rounds)
+        self.failed = sum(len(record.get("failures", [])) for record in earlier_rounds)
+
+    def after_round(self, server_round: int, sampled: int, aggregated: int) -> str:
+        """Count the round; return why the run must stop ("" if it can go on)."""
+        self.sampled += sampled
+        self.failed += sampled - aggregated
+        if self.sampled and self.failed / self.sampled > self.max_failed_share:
+            return (
+                f"round {server_round}: {self.failed} of {self.sampled} client-rounds so far failed, more than"
+                f" max-failed-share = {self.max_failed_share} (see 'failures' in each round)"
+            )
+        return ""
+
+
+def all_finite(state: dict[str, torch.Tensor]) -> bool:
+    """Whether every floating tensor of a model state is free of NaN and Inf."""
+    return all(bool(torch.isfinite(value).all()) for value in state.values() if torch.is_floating_point(value))
 
 
 def attackers_local_asr(replies: list[Message]) -> dict[str, dict[str, float]]:

@@ -7,6 +7,7 @@ and a ``label`` column goes through the partitioner, and each client gets the
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -75,10 +76,12 @@ def _partition_indices_cached(key) -> tuple[np.ndarray, ...]:
     partitioner = PARTITIONERS.get(partition_config.name)(num_partitions, partition_config, seed)
     partitioner.dataset = table
     try:
-        parts = tuple(
-            np.sort(np.asarray(partitioner.load_partition(pid)["idx"], dtype=np.int64))
-            for pid in range(num_partitions)
-        )
+        with warnings.catch_warnings():  # Dirichlet's resampling warns on every failed try; the error says it once
+            warnings.simplefilter("ignore", UserWarning)
+            parts = tuple(
+                np.sort(np.asarray(partitioner.load_partition(pid)["idx"], dtype=np.int64))
+                for pid in range(num_partitions)
+            )
     except ValueError as error:
         raise ValueError(f"key 'partition.name'={partition_config.name!r} cannot split the data: {error}") from None
     return parts

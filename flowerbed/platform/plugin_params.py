@@ -62,7 +62,7 @@ def params_model(cls: Any) -> type[BaseModel]:
     if params is None:
 
         class NoParams(BaseModel):
-            model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+            model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
         return NoParams
     return params

@@ -12,10 +12,13 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from flowerbed.platform.errors import RunFolderError
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -45,11 +48,52 @@ def atomic_torch_save(path: Path, payload: Any) -> None:
     os.replace(temporary, path)
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+@dataclass
+class MetricsFile:
+    """What ``metrics.jsonl`` holds: every complete round record, and the lines that are not one
+    (line number, why), e.g. the torn last line a killed writer of another tool can leave."""
+
+    rounds: list[dict[str, Any]]
+    skipped: list[tuple[int, str]]
+
+
+def read_metrics_file(run_dir: Path) -> MetricsFile:
+    """Read ``metrics.jsonl`` line by line, keeping every complete round record."""
     path = Path(run_dir) / METRICS
     if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return MetricsFile([], [])
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as error:
+        raise RunFolderError(f"{path} cannot be read: {error.strerror or error}") from None
+    rounds, skipped = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            skipped.append((number, "not a complete JSON line"))
+            continue
+        if not isinstance(record, dict) or type(record.get("round")) is not int:
+            skipped.append((number, "not a round record (no integer 'round')"))
+            continue
+        rounds.append(record)
+    return MetricsFile(rounds, skipped)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every complete round record of ``metrics.jsonl`` (lines that are not one are left out)."""
+    return read_metrics_file(run_dir).rounds
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON file holding an object, or None where it is missing or damaged."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def new_run_dir(output_dir: str | Path, experiment: str) -> Path:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from flowerbed.platform.recorder import ATTACKERS, SUMMARY, read_metrics
+from flowerbed.platform.recorder import ATTACKERS, SUMMARY, read_json_object, read_metrics
 
 NOT_PLOTTED = {"round", "seconds"}
 
@@ -35,8 +34,11 @@ def attack_windows(run_dir: Path) -> list[tuple[int, int]]:
     path = run_dir / ATTACKERS
     if not path.exists():
         return []
-    attackers = json.loads(path.read_text()).get("attackers", {})
-    return sorted({(a["schedule"]["start"], a["schedule"]["end"]) for a in attackers.values()})
+    attackers = (read_json_object(path) or {}).get("attackers", {})  # damaged: no windows shaded
+    try:
+        return sorted({(a["schedule"]["start"], a["schedule"]["end"]) for a in attackers.values()})
+    except (AttributeError, KeyError, TypeError):
+        return []
 
 
 def make_plots(run_dir: str | Path) -> list[Path]:
@@ -133,20 +135,22 @@ def summary_table(run_dir: str | Path):
     run_dir = Path(run_dir)
     summary_path = run_dir / SUMMARY
     rounds = read_metrics(run_dir)
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = read_json_object(summary_path) if summary_path.exists() else {}
+    damaged = summary is None
+    summary = summary or {}
     table = Table(title=f"{run_dir.name} ({len(rounds)} rounds recorded)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     final = summary.get("final") or (rounds[-1] if rounds else {})
     for key, value in final.items():
-        if isinstance(value, float):
-            table.add_row(f"final {key}", f"{value:.4f}")
+        if isinstance(value, float) or value in ("nan", "inf", "-inf"):  # the recorder writes NaN/Inf as strings
+            table.add_row(f"final {key}", _number(value))
         elif isinstance(value, dict) and key == "asr":
             for name, asr in value.items():
-                table.add_row(f"final ASR {name}", f"{asr:.4f}")
+                table.add_row(f"final ASR {name}", _number(asr))
     if "best" in summary:
         best = summary["best"]
-        table.add_row(f"best {best['metric']}", f"{best['value']:.4f} (round {best['round']})")
+        table.add_row(f"best {best['metric']}", f"{_number(best['value'])} (round {best['round']})")
     for name, entry in summary.get("backdoors", {}).items():
         for key in ("asr_plus_10", "asr_plus_30", "rounds_until_below_50", "local_asr_mean"):
             if key in entry:
@@ -157,6 +161,14 @@ def summary_table(run_dir: str | Path):
         table.add_row(f"detection {key}", f"{value:.4f}")
     if "seconds_total" in summary:
         table.add_row("wall time (s)", f"{summary['seconds_total']:.1f}")
-    if not summary:
+    if damaged:
+        table.add_row("status", "summary.json is damaged: the values above are the last recorded round's")
+    elif not summary:
         table.add_row("status", "no summary.json: the run did not finish (metrics.jsonl has the finished rounds)")
+    if rounds and "stopped" in rounds[-1]:
+        table.add_row("stopped", str(rounds[-1]["stopped"]))
     return table
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else str(value)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flowerbed.platform.errors import ConfigError
-from flowerbed.platform.registry import ATTACKS, DATASETS, TRIGGERS
+from flowerbed.platform.registry import ATTACKS, DATASETS, TRIGGERS, RegistryError
 from flowerbed.platform.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -50,6 +50,13 @@ def attack_key_problems(config: RunConfig) -> list[str]:
     problems: list[str] = []
     attack = config.attack
     count = attack.num_attackers
+    try:
+        num_classes = getattr(DATASETS.get(config.data.name), "num_classes", None)
+    except RegistryError:
+        num_classes = None  # an unknown dataset is reported with the other names
+    # Checked with or without attackers: a target outside the label set is wrong either way.
+    if num_classes is not None and any(t < 0 or t >= num_classes for t in attack.targets):
+        problems.append(f"key 'attack.targets': {attack.targets} outside the label set 0..{num_classes - 1}")
     if count == 0:
         return problems
     if count > config.num_clients:
@@ -71,10 +78,6 @@ def attack_key_problems(config: RunConfig) -> list[str]:
             problems.append("key 'attack.attacker-ids': ids repeat")
         if any(i < 0 or i >= config.num_clients for i in ids):
             problems.append(f"key 'attack.attacker-ids': ids must be in 0..{config.num_clients - 1}")
-    dataset = DATASETS.get(config.data.name)
-    num_classes = getattr(dataset, "num_classes", None)
-    if num_classes is not None and any(t < 0 or t >= num_classes for t in attack.targets):
-        problems.append(f"key 'attack.targets': {attack.targets} outside the label set 0..{num_classes - 1}")
     for fraction in attack.poison_fraction:
         if not 0 <= fraction <= 1:
             problems.append(f"key 'attack.poison-fraction': {fraction} is not in [0, 1]")

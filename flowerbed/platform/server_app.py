@@ -24,7 +24,7 @@ from flowerbed.platform.progress import Progress
 from flowerbed.platform.provenance import environment
 from flowerbed.platform.recorder import CONFIG, Recorder, new_run_dir
 from flowerbed.platform.roles import attack_end_rounds
-from flowerbed.platform.run_parts import build_run
+from flowerbed.platform.run_parts import RunParts, build_run
 
 
 @dataclass
@@ -67,10 +67,10 @@ def check_resume(config: RunConfig) -> Path:
     return run_dir
 
 
-def execute(grid: Grid, config: RunConfig, outcome: RunOutcome, quiet: bool = False) -> None:
-    """Run one experiment on ``grid`` and record it."""
+def execute(grid: Grid, config: RunConfig, outcome: RunOutcome, quiet: bool = False, run: RunParts | None = None) -> None:
+    """Run one experiment on ``grid`` and record it (``run``: its parts, if already built from ``config``)."""
     progress = Progress(quiet=quiet)
-    run = build_run(config)
+    run = run if run is not None else build_run(config)
     run_dir = open_run_folder(config)
     outcome.run_dir = run_dir
     recorder = Recorder(run_dir)
@@ -86,8 +86,11 @@ def execute(grid: Grid, config: RunConfig, outcome: RunOutcome, quiet: bool = Fa
     progress.note(f"done: results in {run_dir}")
 
 
-def make_server_app(preset: RunConfig | None = None, outcome: RunOutcome | None = None, quiet: bool = False) -> ServerApp:
-    """A ServerApp that runs ``preset`` (or, when None, the ``flwr run`` run config)."""
+def make_server_app(
+    preset: RunConfig | None = None, outcome: RunOutcome | None = None, quiet: bool = False, run: RunParts | None = None
+) -> ServerApp:
+    """A ServerApp that runs ``preset`` (or, when None, the ``flwr run`` run config); ``run``: the
+    preset's parts, already built (and so checked) before the simulation engine started."""
     server_app = ServerApp()
     result = outcome if outcome is not None else RunOutcome()
 
@@ -97,7 +100,7 @@ def make_server_app(preset: RunConfig | None = None, outcome: RunOutcome | None 
         keep_freed_memory()  # the server's evaluation reuses its buffers (allocator.py)
         try:
             config = preset if preset is not None else parse_run_config(dict(context.run_config))
-            execute(grid, config, result, quiet=quiet)
+            execute(grid, config, result, quiet=quiet, run=run)
         except ConfigError as error:
             result.error = error
             print(f"[flowerbed] {error}", file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from flowerbed.platform.config import RunConfig, parse_run_config
 from flowerbed.platform.initial_model import initial_weights_path
+from flowerbed.platform.run_parts import build_run
 from flowerbed.platform.server_app import RunOutcome, check_resume, make_server_app
 
 OFFLINE_ENV = {
@@ -33,17 +34,21 @@ def run_experiment(config: RunConfig | dict[str, Any], quiet: bool = False) -> R
     """
     if not isinstance(config, RunConfig):
         config = parse_run_config(config)
-    if config.resume:
-        check_resume(config)  # fail before starting the simulation engine
-    initial_weights_path(config)  # likewise for a missing model.init
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    # Every check that can run before the simulation engine starts runs here, once: the
+    # run's parts (a defence's bounds, triggers, the federation the data allows), a resumed
+    # folder, a missing model.init. The ServerApp then uses the parts built here.
+    run = build_run(config)
+    if config.resume:
+        check_resume(config)
+    initial_weights_path(config)
     from flwr.simulation import run_simulation
 
     from flowerbed.platform.client_app import app as client_app
 
     outcome = RunOutcome()
-    server_app = make_server_app(config, outcome, quiet=quiet)
+    server_app = make_server_app(config, outcome, quiet=quiet, run=run)
     cpus = os.cpu_count() or 1
     init_args: dict[str, Any] = {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False, "logging_level": "error"}
     if "RAY_worker_niceness" not in os.environ:

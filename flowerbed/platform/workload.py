@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class WorkloadParams(BaseModel):
     """Base for a workload's own hyper-parameters (run-config keys ``workload.<name>.<param>``)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from flowerbed.platform.plugin_params import coerce_params
 class TriggerParams(BaseModel):
     """Base for a trigger's hyper-parameters (run-config keys ``trigger.<name>.<param>``)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from flowerbed.platform.plugin_params import coerce_params
 class StrategyParams(BaseModel):
     """Base of every strategy's ``Params`` (fields use hyphenated aliases)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 def parse_params(

@@ -12,11 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from flwr.app import ArrayRecord
 from torch import nn
 
+from flowerbed.platform.errors import ConfigError
 from flowerbed.platform.partitioning import partition_indices
 from flowerbed.platform.registry import MODELS, WORKLOADS
 from flowerbed.platform.seeding import generator
@@ -57,6 +59,34 @@ class ImageClassification(Workload):
         self.root_data = ClientImages(
             self.dataset.train_images[self.client_pool :], self.dataset.train_labels[self.client_pool :]
         )
+        self.partitions = self._partition_every_client()
+
+    def _partition_every_client(self) -> list[np.ndarray]:
+        """Every client's training indices; a federation the data cannot give each client an image
+        is a :class:`ConfigError` here, before anything starts (not a crash inside every client)."""
+        num_clients = self.config.num_clients
+        if num_clients > self.client_pool:
+            raise ConfigError(
+                [
+                    f"key 'num-clients': {num_clients} clients but only {self.client_pool} training images to"
+                    " share (data.train-size minus data.server-size); lower num-clients or use more data"
+                ]
+            )
+        labels = self.dataset.train_labels[: self.client_pool]
+        try:
+            parts = partition_indices(labels, num_clients, self.config.partition, self.config.seed)
+        except ValueError as error:
+            raise ConfigError([f"{error} (num-clients = {num_clients}, {self.client_pool} images)"]) from None
+        empty = [pid for pid, part in enumerate(parts) if len(part) == 0]
+        if empty:
+            raise ConfigError(
+                [
+                    f"keys 'num-clients'/'partition.*': partition '{self.config.partition.name}' leaves"
+                    f" {len(empty)} of {num_clients} clients without a training image (e.g. client {empty[0]});"
+                    " lower num-clients or change the partition"
+                ]
+            )
+        return parts
 
     def build_model(self) -> nn.Module:
         model = MODELS.get(self.config.model.name)(self.dataset.image_shape, self.dataset.num_classes)
@@ -65,8 +95,10 @@ class ImageClassification(Workload):
         return model.to(memory_format=torch.channels_last)
 
     def client_dataset(self, partition_id: int, num_partitions: int) -> ClientImages:
-        labels = self.dataset.train_labels[: self.client_pool]
-        parts = partition_indices(labels, num_partitions, self.config.partition, self.config.seed)
+        parts = self.partitions
+        if num_partitions != len(parts):  # a node that splits the data otherwise than the config
+            labels = self.dataset.train_labels[: self.client_pool]
+            parts = partition_indices(labels, num_partitions, self.config.partition, self.config.seed)
         indices = torch.from_numpy(parts[partition_id])
         return ClientImages(self.dataset.train_images[indices], self.dataset.train_labels[indices])
 
