@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,36 @@ def test_a_taken_port_is_named_with_the_superlinks_own_error(tmp_path):
     assert result.returncode == 1
     assert f"flower-superlink died on port {port}" in result.stderr
     assert "address already in use" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("flwr") is None, reason="the flwr command is not installed")
+def test_bare_flwr_run_as_a_flower_user_types_it(tmp_path, cache_dir):
+    """`flwr run . --stream` with only `--run-config` keys, no script: Flower 1.42 starts its own
+    local SuperLink, installs the app's dependencies into a fresh environment for the run (uv
+    sync; torch is several GB the first time) and leaves that SuperLink running when the run
+    ends. The run works; this test then stops the SuperLink it caused, as README tells users to."""
+    home = tmp_path / "flwr-home"
+    output = tmp_path / "runs"
+    port = "39195"
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port, "FLOWERBED_CACHE": cache_dir}
+    keys = f'num-server-rounds=1 num-clients=2 data.train-size=400 data.test-size=40 output-dir="{output}"'
+    try:
+        result = subprocess.run(
+            ["flwr", "run", ".", "--stream", "--run-config", keys],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "round   1/1" in result.stdout
+        (run_dir,) = output.glob("default-*")
+        assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 1
+        running = subprocess.run(["pgrep", "-f", f"flower-superlink.*{home}"], capture_output=True, text=True)
+        assert running.stdout.strip(), "Flower 1.42 keeps its local SuperLink running after a bare `flwr run`"
+    finally:
+        subprocess.run(["pkill", "-f", str(home)], check=False)  # the SuperLink, its SuperExec and any run
+        for _ in range(50):
+            if not subprocess.run(["pgrep", "-f", str(home)], capture_output=True).stdout:
+                break
+            time.sleep(0.2)
+        shutil.rmtree(home / "runtime-envs", ignore_errors=True)  # the per-run environment (GBs)
+    assert not subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout, "processes left behind"

@@ -8,6 +8,9 @@ ClientApp functions in this process, and answers with an error for the clients t
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,3 +178,62 @@ def test_a_scaled_update_never_leaves_a_nan_global_model_without_a_recorded_reas
         assert stopped is not None or all(
             {f["partition_id"] for f in r["failures"] if "NaN or Inf" in f["reason"]} == attackers for r in rounds
         )
+
+
+FLAKY_WORKLOAD = '''
+from pydantic import Field
+
+from flowerbed.platform.registry import WORKLOADS
+from flowerbed.platform.workload import WorkloadParams
+from flowerbed.workloads.image_classification.workload import ImageClassification
+
+
+class FlakyParams(WorkloadParams):
+    fail: str = Field("", description="round:partition pairs whose training raises, e.g. '1:0,2:3'")
+
+
+@WORKLOADS.register("flaky-images")
+class FlakyImages(ImageClassification):
+    """Image classification whose training crashes for the named (round, partition) pairs."""
+
+    name = "flaky-images"
+    Params = FlakyParams
+
+    def train(self, model, dataset, context):
+        pairs = {tuple(int(part) for part in pair.split(":")) for pair in self.params.fail.split(",") if pair}
+        if (context.server_round, context.partition_id) in pairs:
+            raise RuntimeError(f"client {context.partition_id} crashed in round {context.server_round}")
+        return super().train(model, dataset, context)
+'''
+
+
+@pytest.mark.parametrize(
+    "fail, code",
+    [
+        ("1:0,1:1,1:2,1:3", 1),  # every client of round 1 fails: 4 of 4 client-rounds
+        ("1:0,2:1", 0),  # 2 of 8 client-rounds fail: below max-failed-share = 0.5
+    ],
+)
+def test_the_exit_code_of_a_simulated_run_with_failing_clients(tmp_path, cache_dir, fail, code):
+    """Through `flowerbed run` and Flower's simulation engine: client errors inside Ray count as failures."""
+    (tmp_path / "flaky_workloads.py").write_text(FLAKY_WORKLOAD)
+    output = tmp_path / "runs"
+    settings = {
+        "plugins": "flaky_workloads", "workload.name": "flaky-images", "workload.flaky-images.fail": fail,
+        "num-server-rounds": 2, "num-clients": 4, "fraction-train": 1.0, "data.train-size": 400,
+        "data.test-size": 40, "data.cache-dir": cache_dir, "partition.name": "iid", "output-dir": str(output),
+    }
+    command = [sys.executable, "-m", "flowerbed.cli", "run", "--quiet"]
+    for key, value in settings.items():
+        command += ["--set", f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == code, result.stderr[-3000:]
+    (run_dir,) = output.iterdir()
+    rounds = read_metrics(run_dir)
+    if code:
+        assert "flowerbed: the run failed: round 1: 4 of 4 client-rounds so far failed" in result.stderr
+        assert len(rounds) == 1 and "stopped" in rounds[0] and not (run_dir / "summary.json").exists()
+        assert all("crashed in round 1" in failure["reason"] for failure in rounds[0]["failures"])
+    else:
+        assert [len(record["failures"]) for record in rounds] == [1, 1] and (run_dir / "summary.json").is_file()

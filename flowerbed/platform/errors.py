@@ -9,8 +9,13 @@ class ConfigError(ValueError):
     """An invalid run config. ``str()`` lists every problem, each naming its key."""
 
     def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid run config:\n  - " + "\n  - ".join(problems))
+        self.problems = [one_line(problem) for problem in problems]
+        super().__init__("invalid run config:\n  - " + "\n  - ".join(self.problems))
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (a key the user typed may hold a newline)."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 class RunFailed(RuntimeError):

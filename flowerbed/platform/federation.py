@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -276,12 +277,24 @@ def _update_norms(replies: list[Message], global_arrays: ArrayRecord) -> dict[st
     }
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def failure_reason(text: str, limit: int = 500) -> str:
+    """A client's error as recorded: colour codes removed; a long one (a remote traceback) keeps its
+    start and its end, where the exception that ended it is."""
+    text = ANSI_ESCAPE.sub("", text).strip()
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 3]} [...] {text[-(limit - limit // 3):]}"
+
+
 def _split_failures(replies: Iterable[Message], partition_of: dict[int, int]) -> tuple[list[Message], list[dict]]:
     ok, failures = [], []
     for reply in replies:
         if reply.has_error():
             failures.append(
-                {"partition_id": partition_of.get(reply.metadata.src_node_id, -1), "reason": str(reply.error.reason)[:500]}
+                {"partition_id": partition_of.get(reply.metadata.src_node_id, -1), "reason": failure_reason(str(reply.error.reason))}
             )
         else:
             ok.append(reply)

@@ -63,13 +63,14 @@ def attack_key_problems(config: RunConfig) -> list[str]:
         problems.append(f"key 'attack.num-attackers': {count} attackers but only num-clients={config.num_clients}")
     if attack.name == ("none",):
         problems.append("key 'attack.name': num-attackers > 0 needs an attack name (see `flowerbed list`)")
+    lengths = []
     for key in ("name", "targets", "trigger", "poison_fraction", "start_round", "end_round", "every"):
         values = getattr(attack, key)
         if len(values) not in (0, 1, count) or (key != "trigger" and len(values) == 0):
             alias = type(attack).model_fields[key].alias or key
-            problems.append(
-                f"key 'attack.{alias}': give one value or one per attacker ({count}), got {len(values)}"
-            )
+            lengths.append(f"key 'attack.{alias}': give one value or one per attacker ({count}), got {len(values)}")
+    if lengths:
+        return problems + lengths  # the checks below read one value per attacker
     if attack.attacker_ids:
         ids = attack.attacker_ids
         if len(ids) != count:
