@@ -9,6 +9,7 @@ from pydantic import Field
 from torch import Tensor
 
 from flowerbed.clients.attack import Attack, PoisonTrainingParams
+from flowerbed.platform.arrays import RUNNING_STATISTICS
 from flowerbed.platform.registry import ATTACKS
 
 
@@ -45,4 +46,9 @@ class MyAttack(Attack):
     def craft(self, update: dict[str, Tensor], memory: dict[str, Tensor]) -> dict[str, Tensor]:
         # ``memory`` persists across this attacker's rounds: count the rounds it attacked.
         memory["rounds"] = memory.get("rounds", torch.tensor(0)) + 1
-        return {name: self.params.boost * delta for name, delta in update.items()}
+        # Boost the learned weights, not BatchNorm's running statistics: a boosted running
+        # variance can turn negative, and the server stops a run whose model evaluates to NaN.
+        return {
+            name: delta if name.endswith(RUNNING_STATISTICS) else self.params.boost * delta
+            for name, delta in update.items()
+        }

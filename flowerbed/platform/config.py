@@ -66,6 +66,13 @@ IntList = Annotated[tuple[int, ...], BeforeValidator(_split_list), PlainSerializ
 FloatList = Annotated[tuple[float, ...], BeforeValidator(_split_list), PlainSerializer(_join_list)]
 
 
+# Bounds far beyond any run this testbed makes, so that a mistyped number is an error naming
+# its key rather than hours of work or memory exhausted (per-attacker lists, a digits build).
+MAX_CLIENTS = 1_000_000
+MAX_ROUNDS = 1_000_000
+MAX_IMAGES = 1_000_000
+
+
 class Section(BaseModel):
     """A strict config section: unknown keys, wrong types and non-finite numbers are errors."""
 
@@ -75,8 +82,8 @@ class Section(BaseModel):
 class DataConfig(Section):
     name: str = Field("digits-rgb32", description="dataset name (see `flowerbed list`)")
     root: str = Field("", description="folder holding a real dataset's files (torchvision layout)")
-    train_size: int = Field(20000, alias="train-size", ge=100, description="digits-rgb32: training images")
-    test_size: int = Field(2000, alias="test-size", ge=20, description="digits-rgb32: test images")
+    train_size: int = Field(20000, alias="train-size", ge=100, le=MAX_IMAGES, description="digits-rgb32: training images")
+    test_size: int = Field(2000, alias="test-size", ge=20, le=MAX_IMAGES, description="digits-rgb32: test images")
     server_size: int = Field(
         100, alias="server-size", ge=0, description="training images the server keeps as root data (FLTrust); no client gets them"
     )
@@ -115,7 +122,7 @@ class AttackConfig(PluginSection):
     """Who attacks, with what, when. Per-attacker keys take one value for all or one per attacker."""
 
     name: CommaList = Field(("none",), description="attack per attacker: registered name or 'module:Class'")
-    num_attackers: int = Field(0, alias="num-attackers", ge=0)
+    num_attackers: int = Field(0, alias="num-attackers", ge=0, le=MAX_CLIENTS)
     attacker_ids: IntList = Field((), alias="attacker-ids", description="partition ids of the attackers; empty = seeded choice")
     targets: IntList = Field((0,), description="target class per attacker")
     trigger: CommaList = Field((), description="trigger per attacker; empty = each attack's default")
@@ -147,8 +154,8 @@ class RunConfig(Section):
     output_dir: str = Field("runs", alias="output-dir", description="parent folder of run folders")
     resume: str = Field("", description="run folder to resume from its last checkpoint")
     seed: int = Field(0, description="derives every client's and the server's generators")
-    num_server_rounds: int = Field(20, alias="num-server-rounds", ge=1)
-    num_clients: int = Field(10, alias="num-clients", ge=1, description="simulated clients (supernodes)")
+    num_server_rounds: int = Field(20, alias="num-server-rounds", ge=1, le=MAX_ROUNDS)
+    num_clients: int = Field(10, alias="num-clients", ge=1, le=MAX_CLIENTS, description="simulated clients (supernodes)")
     fraction_train: float = Field(0.5, alias="fraction-train", gt=0, le=1)
     min_clients: int = Field(2, alias="min-clients", ge=1, description="at least this many clients per round")
     local_epochs: int = Field(1, alias="local-epochs", ge=1)

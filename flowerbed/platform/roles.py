@@ -59,8 +59,8 @@ def attack_key_problems(config: RunConfig) -> list[str]:
         problems.append(f"key 'attack.targets': {attack.targets} outside the label set 0..{num_classes - 1}")
     if count == 0:
         return problems
-    if count > config.num_clients:
-        problems.append(f"key 'attack.num-attackers': {count} attackers but only num-clients={config.num_clients}")
+    if count > config.num_clients:  # and stop: the checks below build one entry per attacker
+        return problems + [f"key 'attack.num-attackers': {count} attackers but only num-clients={config.num_clients}"]
     if attack.name == ("none",):
         problems.append("key 'attack.name': num-attackers > 0 needs an attack name (see `flowerbed list`)")
     lengths = []

@@ -20,8 +20,10 @@ from flowerbed.cli import main as flowerbed_main
 from flowerbed.cli import resolve_config
 from flowerbed.platform.config import ConfigError, parse_run_config
 from flowerbed.platform.recorder import read_metrics
+from flowerbed.platform.registry import WORKLOADS
 from flowerbed.platform.run_parts import build_workload
 from flowerbed.platform.simulation import run_experiment
+from flowerbed.platform.workload import Workload, WorkloadParams
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = ROOT / "experiments"
@@ -107,6 +109,31 @@ def check_run_folder(run_dir: Path, config, metric_names: set[str], num_clients:
     model.load_state_dict(final_state)
     assert workload.evaluate(model)[metric] == pytest.approx(rounds[-1][metric], rel=1e-5, abs=1e-6)
     return rounds
+
+
+BUILTIN_WORKLOADS = [name for name in WORKLOADS.names() if WORKLOADS.get(name).__module__.startswith("flowerbed.")]
+
+
+def test_every_extension_workload_has_an_end_to_end_case():
+    """A registered extension is run end to end here the moment it registers: this fails until CASES has it."""
+    missing = sorted(set(BUILTIN_WORKLOADS) - {"image-classification"} - set(CASES))
+    assert not missing, f"add a CASES entry (experiment file, tiny overrides, metrics) for the workloads {missing}"
+
+
+@pytest.mark.parametrize("name", BUILTIN_WORKLOADS)
+def test_every_workload_declares_itself_and_its_defaults_validate(name):
+    """The shared checks of every registered workload: its name, Params, headline and config keys."""
+    workload_cls = WORKLOADS.get(name)
+    assert issubclass(workload_cls, Workload) and workload_cls.name == name
+    assert issubclass(workload_cls.Params, WorkloadParams)
+    # Its experiment file (an extension's own keys, e.g. lfm's rounds) or the plain defaults.
+    config = resolve_config(str(EXPERIMENTS / CASES[name]["experiment"]), []) if name in CASES else parse_run_config({})
+    assert config.workload.name == name
+    params = config.plugin_params("workload", name)
+    assert isinstance(params, workload_cls.Params)
+    assert workload_cls.check_config(config, params) == []
+    metric, mode = workload_cls.headline_metric(workload_cls.__new__(workload_cls))
+    assert isinstance(metric, str) and mode in ("max", "min")
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -46,12 +46,12 @@ class GMFParams(WorkloadParams):
         "gmf", description="gmf = GMF frontend + concatenation backend; concat / attention = baselines on raw "
         "features; gmf+attention = GMF frontend + attention backend"
     )
-    specific_dim: int = Field(16, alias="specific-dim", ge=1, description="size of each modality-specific subspace")
-    invariant_dim: int = Field(16, alias="invariant-dim", ge=1, description="size of the modality-invariant subspace")
-    hidden_dim: int = Field(64, alias="hidden-dim", ge=1, description="hidden width of the concatenation classifier")
-    attention_dim: int = Field(64, alias="attention-dim", ge=1, description="token width of the attention fusion")
-    attention_heads: int = Field(4, alias="attention-heads", ge=1, description="attention heads")
-    attention_layers: int = Field(2, alias="attention-layers", ge=1, description="Transformer encoder layers")
+    specific_dim: int = Field(16, alias="specific-dim", ge=1, le=4096, description="size of each modality-specific subspace")
+    invariant_dim: int = Field(16, alias="invariant-dim", ge=1, le=4096, description="size of the modality-invariant subspace")
+    hidden_dim: int = Field(64, alias="hidden-dim", ge=1, le=4096, description="hidden width of the concatenation classifier")
+    attention_dim: int = Field(64, alias="attention-dim", ge=1, le=4096, description="token width of the attention fusion")
+    attention_heads: int = Field(4, alias="attention-heads", ge=1, le=4096, description="attention heads")
+    attention_layers: int = Field(2, alias="attention-layers", ge=1, le=4096, description="Transformer encoder layers")
     # Loss weights (total = cross-entropy + weights x GMF losses; ignored without a GMF frontend)
     reconstruction_weight: float = Field(
         1.0, alias="reconstruction-weight", ge=0.0, description="self + cyclic cross reconstruction (the paper's)"
@@ -72,10 +72,10 @@ class GMFParams(WorkloadParams):
     )
     data_path: str = Field("", alias="data-path", description="local .npz of pre-extracted features for 'features'")
     dims: str = Field("32,48,16", description="synthetic: comma-separated dimension of each modality")
-    num_samples: int = Field(3000, alias="num-samples", ge=20, description="synthetic: examples generated")
-    num_classes: int = Field(10, alias="num-classes", ge=2, description="synthetic: classes")
-    shared_dim: int = Field(8, alias="shared-dim", ge=1, description="synthetic: size of the shared (label) factor")
-    private_dim: int = Field(8, alias="private-dim", ge=0, description="synthetic: size of each private nuisance")
+    num_samples: int = Field(3000, alias="num-samples", ge=20, le=1_000_000, description="synthetic: examples generated")
+    num_classes: int = Field(10, alias="num-classes", ge=2, le=4096, description="synthetic: classes")
+    shared_dim: int = Field(8, alias="shared-dim", ge=1, le=4096, description="synthetic: size of the shared (label) factor")
+    private_dim: int = Field(8, alias="private-dim", ge=0, le=4096, description="synthetic: size of each private nuisance")
     shared_noise: float = Field(1.0, alias="shared-noise", ge=0.0, description="synthetic: per-modality noise std")
     private_scale: float = Field(2.0, alias="private-scale", ge=0.0, description="synthetic: nuisance std")
     lowres_noise: float = Field(0.3, alias="lowres-noise", ge=0.0, description="digits: noise std of the 4x4 view")
@@ -83,7 +83,7 @@ class GMFParams(WorkloadParams):
     data_seed: int = Field(
         0, alias="data-seed", description="seeds data generation, the train/test split and the client partition"
     )
-    eval_batch_size: int = Field(512, alias="eval-batch-size", ge=1, description="batch size of evaluation")
+    eval_batch_size: int = Field(512, alias="eval-batch-size", ge=1, le=1_000_000, description="batch size of evaluation")
 
     @field_validator("dims")
     @classmethod
