@@ -204,10 +204,10 @@ def run_rounds(grid, run: RunParts, recorder: Recorder, progress: Progress) -> d
         record["seconds"] = time.perf_counter() - began
         if stopped:
             record["stopped"] = stopped
-            recorder.log_round(record)
+        recorder.log_round(record)
+        if stopped:  # no checkpoint of a lost model; the run ends here, failing
             progress.round(record, config.num_server_rounds)
             raise RunFailed(f"{stopped}; the rounds so far are in {recorder.run_dir / METRICS}")
-        recorder.log_round(record)
         if server_round % config.checkpoint_every == 0 or server_round == config.num_server_rounds:
             strategy_state = strategy.state_dict() if hasattr(strategy, "state_dict") else {}
             recorder.save_checkpoint(server_round, _detached(model), strategy_state)
