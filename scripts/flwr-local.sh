@@ -22,6 +22,8 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export FLWR_LOCAL_SUPERLINK_HTTP_API_PORT="${FLWR_LOCAL_SUPERLINK_HTTP_API_PORT:-39091}"
 PORT="$FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"
 PYTHON="${PYTHON:-python}"
+# shellcheck source=lib/flower-processes.sh
+. "$ROOT/scripts/lib/flower-processes.sh"
 
 # Without a run config, run the default experiment: DMBA (experiments/dmba.toml).
 case " $* " in
@@ -49,11 +51,6 @@ setsid flower-superlink --insecure --simulation --isolation subprocess \
   --log-file "$FLWR_HOME/local-superlink/superlink.log" >"$FLWR_HOME/local-superlink/superlink.out" 2>&1 &
 SUPERLINK_PID=$! RUN_PID="" OUTPUT="$(mktemp)"
 
-stop_pid() {
-  kill -TERM "$1" 2>/dev/null || return 0
-  for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; done
-  kill -KILL "$1" 2>/dev/null || true
-}
 cleanup() {  # the SuperExec (its own session) holds flwr-simulation and every Ray process
   [ -n "$RUN_PID" ] && stop_pid "$RUN_PID"
   local superexec
@@ -83,8 +80,6 @@ flwr run . local --stream --federation-config "$FEDERATION_CONFIG" "$@" > >(tee 
 RUN_PID=$!
 wait "$RUN_PID"
 RUN_PID=""
-RUN_ID="$(sed -n 's/.*Successfully started run \([0-9]*\).*/\1/p' "$OUTPUT")"
-[ -n "$RUN_ID" ] || { echo "flwr run did not start a run" >&2; exit 1; }
-STATUS="$(flwr list local --run-id "$RUN_ID" --format json | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')"
-echo "flwr run $RUN_ID: $STATUS"
+STATUS="$(run_status local "$OUTPUT")"
+echo "flwr run: $STATUS"
 [ "$STATUS" = finished:completed ]  # `flwr run --stream` exits 0 even when the ServerApp failed

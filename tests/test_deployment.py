@@ -1,0 +1,165 @@
+"""Flower's deployment engine as real processes on 127.0.0.1: a SuperLink with TLS and SuperNode
+authentication, authorised SuperNodes bound to their partitions (scripts/deploy-local.sh), and
+SuperNodes that must be refused (a key that is not registered, no CA)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        any(shutil.which(tool) is None for tool in ("flwr", "flower-superlink", "flower-supernode", "openssl", "ssh-keygen")),
+        reason="needs flwr, flower-superlink, flower-supernode, openssl and ssh-keygen",
+    ),
+]
+TINY_WITH_ATTACKER = """
+experiment = "deployed"
+num-server-rounds = 2
+num-clients = 3
+fraction-train = 1.0
+"data.train-size" = 600
+"data.test-size" = 100
+"data.cache-dir" = "{cache_dir}"
+"partition.name" = "iid"
+"output-dir" = "{output}"
+"attack.name" = "badnets"
+"attack.num-attackers" = 1
+"strategy.name" = "krum"
+"strategy.krum.num-malicious" = 0
+"""
+
+
+def _without_timing(rounds: list[dict]) -> list[dict]:
+    return [{key: value for key, value in record.items() if key != "seconds"} for record in rounds]
+
+
+def _read_rounds(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _processes_of(marker: str) -> str:
+    return subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout.strip()
+
+
+def test_a_secured_deployment_runs_the_experiment_like_the_simulation(tmp_path, cache_dir):
+    """deploy-local.sh: TLS + authentication, 3 SuperNodes as processes, 2 rounds with one attacker;
+    the run folder matches a simulated run of the same config and seed, and nothing is left running."""
+    experiment = tmp_path / "deployed.toml"
+    experiment.write_text(TINY_WITH_ATTACKER.format(cache_dir=cache_dir, output=tmp_path / "deployed"))
+    home = tmp_path / "flwr-home"
+    env = {**os.environ, "FLWR_HOME": str(home)}
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "deploy-local.sh"), "--keys", str(tmp_path / "keys"), "--port", "39460", str(experiment)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "flwr run: finished:completed" in result.stdout
+    superlink_log = (home / "logs" / "superlink.log").read_text()
+    assert "https://127.0.0.1:39460" in superlink_log  # TLS
+    assert sorted(p.name for p in (tmp_path / "keys").glob("supernode-*.pub")) == [f"supernode-{k}.pub" for k in range(3)]
+    assert not _processes_of(str(home)), "processes left behind"
+
+    (run_dir,) = (tmp_path / "deployed").iterdir()
+    rounds = _read_rounds(run_dir)
+    assert [r["round"] for r in rounds] == [1, 2]
+    attackers = json.loads((run_dir / "attackers.json").read_text())["attackers"]
+    (attacker,) = attackers
+    for record in rounds:
+        assert sorted(record["clients"]) == [0, 1, 2] and record["failures"] == []
+        assert record["attackers"] == [int(attacker)] and set(record["asr"]) == {"badnets-0"}
+        assert len(record["flagged"]) == 2 and set(record["detection"]) >= {"precision", "fpr"}
+        assert set(record["local_asr"]) == {attacker}
+    assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 2
+
+    simulated = subprocess.run(
+        [sys.executable, "-m", "flowerbed.cli", "run", str(experiment), "--quiet", "--set", f'output-dir="{tmp_path / "simulated"}"'],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert simulated.returncode == 0, simulated.stderr[-3000:]
+    (simulated_dir,) = (tmp_path / "simulated").iterdir()
+    assert json.loads((simulated_dir / "attackers.json").read_text())["attackers"] == attackers
+    assert _without_timing(_read_rounds(simulated_dir)) == _without_timing(rounds)  # same machine: identical
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+
+
+def test_a_supernode_with_an_unregistered_key_or_without_the_ca_is_refused(tmp_path):
+    keys = tmp_path / "keys"
+    subprocess.run([str(ROOT / "scripts" / "make-keys.sh"), str(keys), "1"], check=True, timeout=120)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(keys / "rogue")], check=True)
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    port = 39470
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{keys / "ca.crt"}"\ninsecure = false\n'
+    )
+    env = {**os.environ, "FLWR_HOME": str(home)}
+    superlink = _start(
+        ["flower-superlink", "--ssl-ca-certfile", str(keys / "ca.crt"), "--ssl-certfile", str(keys / "server.pem"),
+         "--ssl-keyfile", str(keys / "server.key"), "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(port),
+         "--database", str(home / "state.db"), "--disable-runtime-dependency-installation"],
+        tmp_path / "superlink.log",
+    )
+    try:
+        context = ssl.create_default_context(cafile=str(keys / "ca.crt"))
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"https://127.0.0.1:{port}/health", timeout=1, context=context)
+                break
+            except OSError:
+                time.sleep(0.2)
+        register = subprocess.run(
+            ["flwr", "supernode", "register", str(keys / "supernode-0.pub"), "deploy"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert register.returncode == 0 and "registered successfully" in register.stdout, register.stdout + register.stderr
+
+        def supernode(name: str, *security: str) -> tuple[int, str]:
+            log = tmp_path / f"{name}.log"
+            process = _start(
+                ["flower-supernode", *security, "--superlink", f"127.0.0.1:{port}", "--node-config",
+                 "partition-id=0 num-partitions=1", "--port", str(port + 10 + len(list(tmp_path.glob("*.log"))))],
+                log,
+            )
+            try:
+                code = process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                _stop(process)
+                code = None
+            return code, log.read_text()
+
+        code, log = supernode("rogue", "--root-certificates", str(keys / "ca.crt"), "--auth-supernode-private-key", str(keys / "rogue"))
+        assert code not in (0, None) and "Failed to activate SuperNode" in log and "Exit Code: 305" in log
+        code, log = supernode("no-ca", "--auth-supernode-private-key", str(keys / "supernode-0"))
+        assert code not in (0, None) and "CERTIFICATE_VERIFY_FAILED" in log
+        # Neither ever joined: the one registered node never came online, nobody else is known.
+        listing = subprocess.run(["flwr", "supernode", "list", "deploy", "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
+        nodes = json.loads(listing.stdout)["nodes"]
+        assert len(nodes) == 1 and nodes[0]["status"] == "registered", nodes
+    finally:
+        _stop(superlink)
+    assert not _processes_of(str(home)), "processes left behind"
