@@ -113,7 +113,7 @@ def test_a_supernode_with_an_unregistered_key_or_without_the_ca_is_refused(tmp_p
     subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f", str(keys / "rogue")], check=True)
     home = tmp_path / "flwr-home"
     home.mkdir()
-    port = 39470
+    port = 39490
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "deploy"\n\n[superlink.deploy]\naddress = "127.0.0.1:{port}"\n'
         f'root-certificates = "{keys / "ca.crt"}"\ninsecure = false\n'
