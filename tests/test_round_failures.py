@@ -211,7 +211,9 @@ class FlakyImages(ImageClassification):
     "fail, code",
     [
         ("1:0,1:1,1:2,1:3", 1),  # every client of round 1 fails: 4 of 4 client-rounds
-        ("1:0,2:1", 0),  # 2 of 8 client-rounds fail: below max-failed-share = 0.5
+        # Below max-failed-share (2 of 8 client-rounds) the run finishes and exits 0: the same
+        # rule in-process is test_failures_up_to_the_threshold_let_the_run_finish_and_a_lower_threshold_stops_it;
+        # through Ray it costs another 40 s of start-up, so it is left to that test.
     ],
 )
 def test_the_exit_code_of_a_simulated_run_with_failing_clients(tmp_path, cache_dir, fail, code):
