@@ -178,7 +178,8 @@ def app_config_defaults(app_dir: Path) -> dict[str, Any]:
 
 
 def _command_check_flwr_args(args: argparse.Namespace) -> int:
-    """Validate a ``flwr run`` argument list's run config and print its ``num-clients``.
+    """Validate a ``flwr run`` argument list's run config; print its ``num-clients``, each client's
+    CPUs and GPUs, and the Ray address ("-" for a private Ray).
 
     scripts/flwr-local.sh calls this before starting a SuperLink, so bad input fails
     in a second with the key named, and the federation gets the right size.
@@ -189,7 +190,15 @@ def _command_check_flwr_args(args: argparse.Namespace) -> int:
     config = parse_run_config({**app_config_defaults(Path.cwd()), **flwr_run_overrides(args.flwr_args)})
     build_run(config)  # every part's own checks (a defence's bounds, the federation the data allows)
     initial_weights_path(config)
-    print(config.num_clients)
+    backend = config.backend
+    if backend.client_cpus != int(backend.client_cpus):
+        # Flower 1.42's federation config carries client CPUs as an integer (SimulationConfig's
+        # client_resources_num_cpus is a uint32), so `flwr run` cannot share a CPU between clients.
+        raise ConfigError(
+            [f"key 'backend.client-cpus': {backend.client_cpus} is not a whole number; `flwr run` takes whole CPUs"
+             " per client (`flowerbed run` takes fractions)"]
+        )
+    print(config.num_clients, f"{backend.client_cpus:g}", f"{backend.client_gpus:g}", backend.ray_address or "-")
     return 0
 
 

@@ -38,7 +38,8 @@ done
 [ -n "$EXPERIMENT" ] || { echo "deploy-local.sh: name an experiment file, e.g. experiments/tiny.toml" >&2; exit 2; }
 EXPERIMENT="$(cd "$(dirname "$EXPERIMENT")" && pwd)/$(basename "$EXPERIMENT")"
 cd "$ROOT"
-NUM_CLIENTS="$("$PYTHON" -m flowerbed.cli check-flwr-args -- --run-config "$EXPERIMENT")"
+RUN_SHAPE="$("$PYTHON" -m flowerbed.cli check-flwr-args -- --run-config "$EXPERIMENT")"  # exits here on bad input
+read -r NUM_CLIENTS _ <<<"$RUN_SHAPE"
 
 # A private Flower home (connections, the SuperLink's database, logs), new for every call.
 export FLWR_HOME="${FLWR_HOME:-$(mktemp -d "${TMPDIR:-/tmp}/flowerbed-deploy.XXXXXX")}"

@@ -36,8 +36,13 @@ esac
 cd "$ROOT"
 # Validate the run config first (bad input fails here, naming the key); the federation
 # needs as many simulated nodes as the run config has clients.
-NUM_CLIENTS="$("$PYTHON" -m flowerbed.cli check-flwr-args -- "$@")"
-FEDERATION_CONFIG="num-supernodes=$NUM_CLIENTS client-resources-num-cpus=${CPUS_PER_CLIENT:-1}"
+RUN_SHAPE="$("$PYTHON" -m flowerbed.cli check-flwr-args -- "$@")"  # exits here on bad input
+read -r NUM_CLIENTS CLIENT_CPUS CLIENT_GPUS RAY_CLUSTER <<<"$RUN_SHAPE"
+FEDERATION_CONFIG="num-supernodes=$NUM_CLIENTS client-resources-num-cpus=$CLIENT_CPUS client-resources-num-gpus=$CLIENT_GPUS"
+# backend.ray-address: Flower's simulation attaches to a running Ray cluster through Ray's own
+# discovery (RAY_ADDRESS), which the SuperLink passes on to the simulation process; "local"
+# (no address) starts a private Ray even where `ray start` left a cluster on this host.
+if [ "$RAY_CLUSTER" = - ]; then export RAY_ADDRESS=local; else export RAY_ADDRESS="$RAY_CLUSTER"; fi
 
 mkdir -p "$FLWR_HOME/local-superlink"
 [ -f "$FLWR_HOME/config.toml" ] || printf '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n' >"$FLWR_HOME/config.toml"

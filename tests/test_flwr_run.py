@@ -87,18 +87,23 @@ def test_flwr_run_a_user_attack_from_the_app_directory(tmp_path, cache_dir):
     assert "my-attack-0" in json.loads((run_dir / "summary.json").read_text())["backdoors"]
 
 
-def test_flwr_run_bad_config_fails_with_the_key(tmp_path):
+@pytest.mark.parametrize(
+    "overrides, key",
+    [("num-clients=2 num-server-rounds=-3", "num-server-rounds"), ("num-clients=2 backend.client-cpus=0.5", "backend.client-cpus")],
+)
+def test_flwr_run_bad_config_fails_with_the_key_before_a_superlink_starts(tmp_path, overrides, key):
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": "39192"}
     result = subprocess.run(
-        [str(ROOT / "scripts" / "flwr-local.sh"), "--run-config", "num-clients=2 num-server-rounds=-3"],
+        [str(ROOT / "scripts" / "flwr-local.sh"), "--run-config", overrides],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
-    assert result.returncode != 0
-    assert "num-server-rounds" in result.stdout + result.stderr
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert f"key '{key}'" in result.stderr
+    assert "SuperLink" not in result.stdout + result.stderr  # refused before anything started
 
 
 @pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="the flower-superlink command is not installed")

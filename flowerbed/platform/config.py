@@ -105,6 +105,19 @@ class ModelConfig(Section):
     )
 
 
+class BackendConfig(Section):
+    """Where simulated clients run: Flower's Ray backend (README, "Ray at scale")."""
+
+    client_cpus: float = Field(1.0, alias="client-cpus", gt=0, le=1024, description="CPUs each virtual client (Ray actor) takes")
+    client_gpus: float = Field(0.0, alias="client-gpus", ge=0, le=64, description="GPUs each virtual client takes (fractions share one)")
+    ray_address: str = Field(
+        "",
+        alias="ray-address",
+        description="'' = a private Ray on this machine; 'auto' = Ray's own discovery (RAY_ADDRESS, then the"
+        " latest `ray start` cluster on this host); 'host:port' = attach to that Ray cluster",
+    )
+
+
 class PluginSection(BaseModel):
     """A section plus per-plugin parameter tables (``<kind>.<plugin>.<param>``).
 
@@ -179,6 +192,7 @@ class RunConfig(Section):
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
     model: ModelConfig = ModelConfig()
+    backend: BackendConfig = BackendConfig()
     workload: WorkloadConfig = WorkloadConfig()
     strategy: StrategyConfig = StrategyConfig()
     attack: AttackConfig = AttackConfig()

@@ -11,7 +11,7 @@ import os
 import warnings
 from typing import Any
 
-from flowerbed.platform.config import RunConfig, parse_run_config
+from flowerbed.platform.config import ConfigError, RunConfig, parse_run_config
 from flowerbed.platform.initial_model import initial_weights_path
 from flowerbed.platform.run_parts import build_run
 from flowerbed.platform.server_app import RunOutcome, check_resume, make_server_app
@@ -25,6 +25,36 @@ OFFLINE_ENV = {
 }
 # Client actors run at the ServerApp's priority (Ray's default is nice 15); RAY_worker_niceness overrides.
 WORKER_NICENESS = 0
+
+
+def ray_backend_config(config: RunConfig) -> dict[str, Any]:
+    """Flower's Ray backend settings from the ``backend.*`` keys: each virtual client's resources,
+    and either a private Ray on this machine or an existing cluster to attach to."""
+    backend = config.backend
+    client_resources = {"num_cpus": backend.client_cpus, "num_gpus": backend.client_gpus}
+    if backend.ray_address:  # the cluster's own resources and settings apply
+        init_args: dict[str, Any] = {"address": backend.ray_address, "include_dashboard": False, "logging_level": "error"}
+        return {"client_resources": client_resources, "init_args": init_args}
+    cpus, gpus = os.cpu_count() or 1, local_gpu_count()
+    if backend.client_cpus > cpus:
+        raise ConfigError([f"key 'backend.client-cpus': {backend.client_cpus} CPUs per client, but this machine has {cpus}"])
+    if backend.client_gpus > gpus:
+        raise ConfigError([f"key 'backend.client-gpus': {backend.client_gpus} GPUs per client, but this machine has {gpus}"])
+    # address "local": always a new Ray of this run's own, never a cluster that `ray start` left
+    # on this host (Ray's discovery would otherwise join it, or hang on it once it is gone).
+    init_args = {"address": "local", "num_cpus": cpus, "num_gpus": gpus, "include_dashboard": False, "logging_level": "error"}
+    if "RAY_worker_niceness" not in os.environ:
+        # Ray starts its workers (the client actors) at nice 15, below the ServerApp and
+        # any other process: on a shared machine the clients then get a small share of the
+        # CPU (benchmarks/overhead.py: rounds 2.5x slower next to two nice-10 busy loops).
+        init_args["_system_config"] = {"worker_niceness": WORKER_NICENESS}
+    return {"client_resources": client_resources, "init_args": init_args}
+
+
+def local_gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def run_experiment(config: RunConfig | dict[str, Any], quiet: bool = False) -> RunOutcome:
@@ -49,14 +79,7 @@ def run_experiment(config: RunConfig | dict[str, Any], quiet: bool = False) -> R
 
     outcome = RunOutcome()
     server_app = make_server_app(config, outcome, quiet=quiet, run=run)
-    cpus = os.cpu_count() or 1
-    init_args: dict[str, Any] = {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False, "logging_level": "error"}
-    if "RAY_worker_niceness" not in os.environ:
-        # Ray starts its workers (the client actors) at nice 15, below the ServerApp and
-        # any other process: on a shared machine the clients then get a small share of the
-        # CPU (benchmarks/overhead.py: rounds 2.5x slower next to two nice-10 busy loops).
-        init_args["_system_config"] = {"worker_niceness": WORKER_NICENESS}
-    backend_config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
+    backend_config = ray_backend_config(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
