@@ -64,3 +64,45 @@ def test_a_benign_client_sends_exactly_its_trained_model_and_reports_nothing(sma
     assert sent.keys() == trained.local_state.keys()
     assert all(torch.equal(sent[key], trained.local_state[key]) for key in sent)
     assert int(reply.content["metrics"]["attacked"]) == 0 and int(reply.content["metrics"]["partition-id"]) == 2
+
+
+def _site_folder(root, counts: dict[str, int], size: int = 20):
+    from PIL import Image
+
+    for label, count in counts.items():
+        (root / label).mkdir(parents=True)
+        for k in range(count):
+            Image.new("RGB", (size, size), (40 * k % 255, 90, 200)).save(root / label / f"{k}.png")
+    return root
+
+
+def test_a_node_with_a_data_root_trains_on_the_sites_own_images(small_run, tmp_path):
+    """A SuperNode started with node config data-root=<folder> trains on that folder's images
+    (one folder per class label), brought to the dataset's size, instead of its partition."""
+    config_json = messages.config_json(parse_run_config(small_run))
+    runtime = client_app.runtime_for(config_json)
+    site = _site_folder(tmp_path / "site", {"3": 5, "7": 2})
+    dataset = runtime.workload.site_dataset(str(site))
+    assert dataset.images.shape == (7, 3, 32, 32) and dataset.images.dtype == torch.uint8
+    assert sorted(dataset.labels.tolist()) == [3] * 5 + [7] * 2
+
+    global_state = {k: v.clone() for k, v in runtime.workload.build_model().state_dict().items()}
+    message = messages.train_message(config_json, 1, global_state)
+    reply = client_app.train(message, messages.node_context(1, 4, data_root=str(site)))
+    assert int(reply.content[messages.METRICS_RECORD]["num-examples"]) == 7  # the site's images, not partition 1
+    assert int(reply.content[messages.METRICS_RECORD][messages.PARTITION_ID_KEY]) == 1  # its role is still its id's
+
+
+def test_a_data_root_that_is_missing_or_not_one_folder_per_label_is_named(small_run, tmp_path):
+    import pytest
+
+    from flowerbed.platform.errors import ConfigError
+
+    workload = client_app.runtime_for(messages.config_json(parse_run_config(small_run))).workload
+    with pytest.raises(ConfigError, match=r"node config 'data-root': '.*nowhere' is not a folder"):
+        workload.site_dataset(str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"one folder per class named 0..9 \(found \['12', 'cats'\]\)"):
+        workload.site_dataset(str(_site_folder(tmp_path / "odd", {"1": 1, "12": 1, "cats": 1})))
+    (tmp_path / "empty" / "4").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"node config 'data-root': .*"):
+        workload.site_dataset(str(tmp_path / "empty"))

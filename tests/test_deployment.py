@@ -163,3 +163,43 @@ def test_a_supernode_with_an_unregistered_key_or_without_the_ca_is_refused(tmp_p
     finally:
         _stop(superlink)
     assert not _processes_of(str(home)), "processes left behind"
+
+
+def test_a_deployed_run_finishes_with_the_others_when_a_supernode_is_killed(tmp_path, cache_dir):
+    """SIGKILL one of 3 SuperNodes (its whole session) once round 1 is recorded: Flower reports the
+    node unavailable (after two missed 30-s heartbeats), round 2 aggregates the other two and records
+    why the third is missing, and the run completes."""
+    output = tmp_path / "deployed"
+    experiment = tmp_path / "killed.toml"
+    experiment.write_text(
+        TINY_WITH_ATTACKER.format(cache_dir=cache_dir, output=output).replace('"strategy.name" = "krum"', '"strategy.name" = "fedavg"')
+        + '"min-replies" = 2\n'
+    )
+    home = tmp_path / "flwr-home"
+    port = 39520
+    deploy = subprocess.Popen(
+        [str(ROOT / "scripts" / "deploy-local.sh"), "--keys", str(tmp_path / "keys"), "--port", str(port), str(experiment)],
+        cwd=ROOT, env={**os.environ, "FLWR_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(output.glob("*/metrics.jsonl")) or not list(output.glob("*/metrics.jsonl"))[0].read_text().strip():
+            assert deploy.poll() is None and time.monotonic() < deadline, "round 1 never finished"
+            time.sleep(0.5)
+        victim = subprocess.run(["pgrep", "-f", f"flower-supernode.*--port {port + 12}"], capture_output=True, text=True)
+        (pid,) = victim.stdout.split()
+        subprocess.run(["pkill", "-KILL", "-s", pid], check=True)  # the SuperNode and any ClientApp it runs
+        stdout, _ = deploy.communicate(timeout=400)
+    finally:
+        if deploy.poll() is None:
+            deploy.terminate()
+            deploy.wait(timeout=60)
+    assert deploy.returncode == 0, stdout[-3000:]
+    (run_dir,) = output.iterdir()
+    first, second = _read_rounds(run_dir)
+    assert first["failures"] == [] and len(first["clients"]) == 3
+    (failure,) = second["failures"]
+    assert failure["partition_id"] == 2 and "unavailable" in failure["reason"].lower(), second["failures"]
+    assert "not_aggregated" not in second and "train_loss" in second
+    assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 2
+    assert not _processes_of(str(home)), "processes left behind"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,69 @@ def test_same_seed_gives_identical_metrics_and_killed_run_resumes(reference, tmp
     assert resumed["command"] != first_environment["command"]  # cli run, then run_experiment in this process
     assert _without_timing(read_metrics(killed_dir)) == _without_timing(read_metrics(reference_dir))
     assert (killed_dir / "summary.json").exists()
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and every live descendant, from /proc."""
+    parent_of = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parent_of[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parent_of.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("flwr") is None, reason="the flwr command is not installed")
+def test_a_flwr_run_killed_as_a_whole_resumes_under_flwr_run_to_the_same_rounds(reference, tmp_path):
+    """The same guarantee under `flwr run` (scripts/flwr-local.sh): SIGKILL the whole process tree
+    (the script, the SuperLink, the simulation process, Ray) after the first checkpoint, resume with
+    `flwr run`, and every round equals the uninterrupted in-process reference run's."""
+    flat, reference_dir = reference
+    output = tmp_path / "runs"
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": "39197"}
+
+    def flwr_run(settings: dict, name: str) -> list[str]:
+        experiment = tmp_path / f"{name}.toml"
+        experiment.write_text("".join(f'"{key}" = {json.dumps(value)}\n' for key, value in settings.items()))
+        return [str(ROOT / "scripts" / "flwr-local.sh"), "--run-config", str(experiment)]
+
+    killed = {**flat, "output-dir": str(output), "experiment": "flwr-killed"}
+    process = subprocess.Popen(
+        flwr_run(killed, "killed"), cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and process.poll() is None and not list(output.glob("flwr-killed-*/checkpoint.pt")):
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be killed"
+        tree = _process_tree(process.pid)  # the SuperLink runs in a session of its own
+        assert len(tree) > 3, tree
+        for pid in tree:
+            os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    (killed_dir,) = output.glob("flwr-killed-*")
+    assert not (killed_dir / "summary.json").exists()
+    checkpoint_round = torch.load(killed_dir / "checkpoint.pt", weights_only=True)["round"]
+    assert checkpoint_round < flat["num-server-rounds"]
+
+    result = subprocess.run(
+        flwr_run({**killed, "resume": str(killed_dir)}, "resumed"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"resuming after round {checkpoint_round}" in result.stdout + result.stderr
+    assert _without_timing(read_metrics(killed_dir)) == _without_timing(read_metrics(reference_dir))
+    assert json.loads((killed_dir / "summary.json").read_text())["rounds_completed"] == flat["num-server-rounds"]
+    assert not subprocess.run(["pgrep", "-f", "flower-superlink.*39197"], capture_output=True).stdout, "a SuperLink was left"
 
 
 def test_resume_refuses_a_different_config(reference):

@@ -43,9 +43,14 @@ def runtime_for(config_json: str) -> RunParts:
     return build_run(parse_run_config(json.loads(config_json)), with_strategy=False)
 
 
-@lru_cache(maxsize=64)
-def _client_dataset(config_json: str, partition_id: int, num_partitions: int) -> Any:
-    return runtime_for(config_json).workload.client_dataset(partition_id, num_partitions)
+@lru_cache(maxsize=256)
+def _client_dataset(config_json: str, partition_id: int, num_partitions: int, data_root: str) -> Any:
+    """A node's training data, kept in the process across rounds: its partition of the run's
+    dataset, or the site's own data in ``data_root`` (node config ``data-root``)."""
+    workload = runtime_for(config_json).workload
+    if data_root:
+        return workload.site_dataset(data_root)
+    return workload.client_dataset(partition_id, num_partitions)
 
 
 @app.query()
@@ -79,7 +84,7 @@ def train_locally(msg: Message, context: Context) -> LocalTraining:
     config = runtime.config
     partition_id, num_partitions = messages.partition_of(context)
     server_round = messages.server_round_of(msg)
-    dataset = _client_dataset(config_json, partition_id, num_partitions)
+    dataset = _client_dataset(config_json, partition_id, num_partitions, messages.site_data_root(context))
 
     seed_torch(config.seed, "client-torch", server_round, partition_id)
     model = runtime.workload.build_model()

@@ -185,6 +185,20 @@ class RunConfig(Section):
         description="stop the run, failing, once more than this share of its client-rounds so far failed"
         " (an error, no reply, or an update dropped as malformed)",
     )
+    min_replies: int = Field(
+        1,
+        alias="min-replies",
+        ge=1,
+        description="aggregate a round only when at least this many clients' updates arrived and passed;"
+        " below it the global model stays as it was (the round is recorded)",
+    )
+    round_timeout: float = Field(
+        3600.0,
+        alias="round-timeout",
+        gt=0,
+        le=1e6,
+        description="seconds the server waits for a round's replies; a client still busy then is a failure",
+    )
     plugins: CommaList = Field(
         (),
         description="your modules to import first: they register attacks, triggers, strategies or workloads by name",
@@ -378,6 +392,11 @@ def _check_consistency(config: RunConfig) -> list[str]:
     problems = []
     if config.min_clients > config.num_clients:
         problems.append(f"key 'min-clients': {config.min_clients} is more than num-clients={config.num_clients}")
+    if config.min_replies > config.clients_per_round():
+        problems.append(
+            f"key 'min-replies': {config.min_replies} is more than the {config.clients_per_round()} clients sampled"
+            " per round (num-clients x fraction-train, at least min-clients): no round could aggregate"
+        )
     problems += _check_workload(config)
     try:
         attackable = WORKLOADS.get(config.workload.name).supports_attacks

@@ -41,7 +41,6 @@ logger = logging.getLogger("flowerbed")
 DISCOVERY_TIMEOUT = 600.0
 NODE_WAIT_SECONDS = 600.0  # for the first node (Ray can take minutes to start on a loaded machine)
 NODE_SETTLE_SECONDS = 30.0  # then stop waiting once the node count has not grown for this long
-ROUND_TIMEOUT = 3600.0
 
 
 class SampledGrid:
@@ -147,13 +146,17 @@ def run_rounds(grid, run: RunParts, recorder: Recorder, progress: Progress) -> d
         began = time.perf_counter()
         clients = sampler.sample(server_round)
         view = SampledGrid(grid, [node_of[pid] for pid in clients])
-        instructions = strategy.configure_train(server_round, arrays, train_config, view)
-        replies = list(grid.send_and_receive(instructions, timeout=ROUND_TIMEOUT))
-        replies, failures = _split_failures(replies, partition_of)
+        instructions = list(strategy.configure_train(server_round, arrays, train_config, view))
+        replies = list(grid.send_and_receive(instructions, timeout=config.round_timeout))
+        # The grid gave each instruction its id; an error the SuperLink writes itself (e.g. its
+        # node went away) comes from the SuperLink, and only its reply-to id names the client.
+        addressed = {m.metadata.message_id: partition_of.get(m.metadata.dst_node_id, -1) for m in instructions}
+        replies, failures = _split_failures(replies, partition_of, addressed)
         answered = {partition_of.get(reply.metadata.src_node_id) for reply in replies} | {
             failure["partition_id"] for failure in failures
         }
-        failures += [{"partition_id": pid, "reason": "no reply before the round timeout"} for pid in clients if pid not in answered]
+        late = f"no reply within round-timeout = {config.round_timeout:g} s"
+        failures += [{"partition_id": pid, "reason": late} for pid in clients if pid not in answered]
         replies, dropped = sanitize_replies(replies, arrays)
         failures += [{"partition_id": d.partition_id if d.partition_id is not None else -1, "reason": d.reason} for d in dropped]
         for entry in failures:
@@ -162,8 +165,16 @@ def run_rounds(grid, run: RunParts, recorder: Recorder, progress: Progress) -> d
         norms = _update_norms(replies, arrays)
 
         new_arrays, train_metrics = (None, None)
-        if replies:
-            new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        # Too few updates to aggregate (min-replies): the round is recorded, the model stays.
+        aggregated = replies if len(replies) >= config.min_replies else []
+        not_aggregated = "" if aggregated or not replies else (
+            f"{len(replies)} of {len(clients)} sampled clients' updates arrived and passed, fewer than"
+            f" min-replies = {config.min_replies}: the global model is unchanged"
+        )
+        if not_aggregated:
+            logger.warning("round %d: %s", server_round, not_aggregated)
+        if aggregated:
+            new_arrays, train_metrics = strategy.aggregate_train(server_round, aggregated)
         stopped = health.after_round(server_round, len(clients), len(replies))
         if new_arrays is not None:
             aggregate = new_arrays.to_torch_state_dict()
@@ -180,27 +191,29 @@ def run_rounds(grid, run: RunParts, recorder: Recorder, progress: Progress) -> d
         if not_finite and not stopped:  # e.g. a finite model whose BatchNorm variances went negative
             stopped = f"round {server_round}: the global model evaluates to NaN/Inf ({', '.join(not_finite)}), so it is lost"
 
-        attackers_present = [messages.reply_partition_id(r) for r in replies if messages.reply_attacked(r)]
+        attackers_present = [messages.reply_partition_id(r) for r in aggregated if messages.reply_attacked(r)]
         record: dict[str, Any] = {"round": server_round, **evaluation}
         if train_metrics is not None and "train_loss" in train_metrics:
             record["train_loss"] = float(train_metrics["train_loss"])
         record["clients"] = clients
         if plan.attackers:
             record["attackers"] = attackers_present
-            local_asr = attackers_local_asr(replies)
+            local_asr = attackers_local_asr(aggregated)
             if local_asr:
                 record["local_asr"] = local_asr
         # A round without replies aggregated nothing: no flags or weights (the strategy's are last round's).
-        flagged = getattr(strategy, "last_flagged", None) if replies and getattr(strategy, "flags_clients", False) else None
+        flagged = getattr(strategy, "last_flagged", None) if aggregated and getattr(strategy, "flags_clients", False) else None
         if flagged is not None:
             record["flagged"] = sorted(int(pid) for pid in flagged)
             # Scored on the clients the defence saw: failed or dropped replies are neither.
             record["detection"] = detection_scores(record["flagged"], attackers_present, scored_clients(clients, failures))
-        weights = getattr(strategy, "last_weights", None) if replies else None
+        weights = getattr(strategy, "last_weights", None) if aggregated else None
         if weights:
             record["weights"] = {str(pid): float(w) for pid, w in sorted(weights.items())}
         record["update_norms"] = norms
         record["failures"] = failures
+        if not_aggregated:
+            record["not_aggregated"] = not_aggregated
         record["seconds"] = time.perf_counter() - began
         if stopped:
             record["stopped"] = stopped
@@ -289,13 +302,16 @@ def failure_reason(text: str, limit: int = 500) -> str:
     return f"{text[: limit // 3]} [...] {text[-(limit - limit // 3):]}"
 
 
-def _split_failures(replies: Iterable[Message], partition_of: dict[int, int]) -> tuple[list[Message], list[dict]]:
+def _split_failures(
+    replies: Iterable[Message], partition_of: dict[int, int], addressed: dict[str, int]
+) -> tuple[list[Message], list[dict]]:
+    """Replies with content, and a failure entry (partition id, reason) for each error reply."""
     ok, failures = [], []
     for reply in replies:
         if reply.has_error():
-            failures.append(
-                {"partition_id": partition_of.get(reply.metadata.src_node_id, -1), "reason": failure_reason(str(reply.error.reason))}
-            )
+            metadata = reply.metadata
+            partition_id = partition_of.get(metadata.src_node_id, addressed.get(metadata.reply_to_message_id, -1))
+            failures.append({"partition_id": partition_id, "reason": failure_reason(str(reply.error.reason))})
         else:
             ok.append(reply)
     return ok, failures

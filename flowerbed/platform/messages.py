@@ -40,6 +40,7 @@ SERVER_ROUND_KEY = "server-round"
 # Keys of a reply's MetricRecord (and of the node config, for the partition).
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
+DATA_ROOT_KEY = "data-root"  # node config: a site's own data folder, instead of its partition
 NUM_EXAMPLES_KEY = "num-examples"
 ATTACKED_KEY = "attacked"
 
@@ -67,6 +68,11 @@ def server_round_of(msg: Message) -> int:
 def partition_of(context: Context) -> tuple[int, int]:
     """(partition id, number of partitions) of the node running ``context``."""
     return int(context.node_config[PARTITION_ID_KEY]), int(context.node_config[NUM_PARTITIONS_KEY])
+
+
+def site_data_root(context: Context) -> str:
+    """The node's own data folder (node config ``data-root``); "" for a share of the run's dataset."""
+    return str(context.node_config.get(DATA_ROOT_KEY, ""))
 
 
 def reply_partition_id(reply: Message) -> int:
@@ -120,9 +126,10 @@ def train_message(config_json: str, server_round: int, global_state: dict[str, t
     )
 
 
-def node_context(partition_id: int, num_partitions: int) -> Context:
-    """The Context of a fresh simulated node (empty state) holding partition `partition_id`."""
-    return Context(
-        run_id=1, node_id=1, node_config={PARTITION_ID_KEY: partition_id, NUM_PARTITIONS_KEY: num_partitions},
-        state=RecordDict(), run_config={},
-    )
+def node_context(partition_id: int, num_partitions: int, data_root: str = "") -> Context:
+    """The Context of a fresh node (empty state) holding partition `partition_id`, or, given
+    `data_root`, a site's own data as a SuperNode started with node config `data-root` has."""
+    node_config = {PARTITION_ID_KEY: partition_id, NUM_PARTITIONS_KEY: num_partitions}
+    if data_root:
+        node_config[DATA_ROOT_KEY] = data_root
+    return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})

@@ -16,6 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from flowerbed.platform.errors import ConfigError
+
 if TYPE_CHECKING:
     from flowerbed.platform.server_model import ServerModelHooks
 
@@ -105,6 +107,11 @@ class Workload(ABC):
         """What model-aware defences need from the server's side (FLTrust's root-data update,
         DeepSight's predictions); None: this workload lends none, and those defences refuse to start."""
         return None
+
+    def site_dataset(self, root: str) -> Any:
+        """A site's own training data from folder ``root`` on its SuperNode (node config
+        ``data-root``), used instead of partition ``partition-id`` of the run's dataset."""
+        raise ConfigError([f"node config 'data-root': workload '{self.name}' cannot read a site's own data (only its partitions)"])
 
     def local_backdoor_accuracy(self, model: nn.Module, dataset: Any, backdoor: Any) -> float | None:
         """The attack success rate of an attacker's trained ``model`` on its own ``dataset``

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord
 from torch import nn
 
+from flowerbed.platform.cache import cache_dir_for
 from flowerbed.platform.errors import ConfigError
 from flowerbed.platform.partitioning import partition_indices
 from flowerbed.platform.registry import MODELS, WORKLOADS
@@ -51,6 +53,7 @@ class ImageClassification(Workload):
     def __init__(self, config, params=None) -> None:
         super().__init__(config, params)
         self.dataset = load_dataset(config.data)
+        self.cache_dir = cache_dir_for(config.data.cache_dir)  # partitions are kept beside the data
         # The last ``data.server-size`` training images stay on the server (FLTrust's root data).
         server_size = config.data.server_size
         if server_size >= len(self.dataset.train_labels):
@@ -74,7 +77,7 @@ class ImageClassification(Workload):
             )
         labels = self.dataset.train_labels[: self.client_pool]
         try:
-            parts = partition_indices(labels, num_clients, self.config.partition, self.config.seed)
+            parts = partition_indices(labels, num_clients, self.config.partition, self.config.seed, self.cache_dir)
         except ValueError as error:
             raise ConfigError([f"{error} (num-clients = {num_clients}, {self.client_pool} images)"]) from None
         empty = [pid for pid, part in enumerate(parts) if len(part) == 0]
@@ -98,9 +101,37 @@ class ImageClassification(Workload):
         parts = self.partitions
         if num_partitions != len(parts):  # a node that splits the data otherwise than the config
             labels = self.dataset.train_labels[: self.client_pool]
-            parts = partition_indices(labels, num_partitions, self.config.partition, self.config.seed)
+            parts = partition_indices(labels, num_partitions, self.config.partition, self.config.seed, self.cache_dir)
         indices = torch.from_numpy(parts[partition_id])
         return ClientImages(self.dataset.train_images[indices], self.dataset.train_labels[indices])
+
+    def site_dataset(self, root: str) -> ClientImages:
+        """A site's own images: ``root/<label>/<image file>``, one folder per class named by its
+        label (0 .. num_classes-1, as the run's dataset numbers them), read with torchvision's
+        ImageFolder and brought to the dataset's channels and size."""
+        from torchvision.datasets import ImageFolder
+        from torchvision.transforms import v2
+
+        channels, height, width = self.dataset.image_shape
+        folder = Path(root)
+        if not folder.is_dir():
+            raise ConfigError([f"node config 'data-root': {root!r} is not a folder on this SuperNode"])
+        labels = {name: int(name) for name in (p.name for p in folder.iterdir() if p.is_dir()) if name.isdigit()}
+        strays = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p.name not in labels or labels[p.name] >= self.dataset.num_classes))
+        if strays or not labels:
+            raise ConfigError(
+                [f"node config 'data-root': {root!r} needs one folder per class named 0..{self.dataset.num_classes - 1}"
+                 f" (found {strays or 'none'})"]
+            )
+        to_tensor = v2.Compose([v2.PILToTensor(), v2.Resize((height, width), antialias=True)])
+        mode = "RGB" if channels == 3 else "L"
+        try:
+            images = ImageFolder(str(folder), transform=lambda image: to_tensor(image.convert(mode)))
+        except (FileNotFoundError, OSError) as error:  # e.g. no image file in any class folder
+            raise ConfigError([f"node config 'data-root': {error}"]) from None
+        label_of = {index: labels[name] for name, index in images.class_to_idx.items()}
+        pixels, targets = zip(*((image, label_of[index]) for image, index in images), strict=True)
+        return ClientImages(torch.stack(pixels).to(torch.uint8), torch.tensor(targets, dtype=torch.int64))
 
     def train(self, model: nn.Module, dataset: ClientImages, context: TrainContext) -> dict[str, float]:
         model.train()

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from flowerbed.platform.cache import cache_dir_for
 from flowerbed.platform.registry import DATASETS
 from flowerbed.workloads.image_classification.data.base import ImageDataset
 
@@ -29,10 +29,6 @@ BUILD_VERSION = 1
 IMAGE_SIZE = 32
 TEST_FRACTION = 0.2
 CHUNK = 2048
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("FLOWERBED_CACHE", Path.home() / ".cache" / "flowerbed"))
 
 
 @DATASETS.register("digits-rgb32")
@@ -44,7 +40,7 @@ class DigitsRGB32:
 
     @staticmethod
     def load(data_config) -> ImageDataset:
-        cache_dir = Path(data_config.cache_dir) if data_config.cache_dir else default_cache_dir()
+        cache_dir = cache_dir_for(data_config.cache_dir)
         name = f"digits-rgb32-v{BUILD_VERSION}-seed{data_config.seed}-train{data_config.train_size}-test{data_config.test_size}.pt"
         path = cache_dir / name
         if path.exists():
