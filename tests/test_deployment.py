@@ -53,44 +53,78 @@ def _processes_of(marker: str) -> str:
     return subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout.strip()
 
 
-def test_a_secured_deployment_runs_the_experiment_like_the_simulation(tmp_path, cache_dir):
-    """deploy-local.sh: TLS + authentication, 3 SuperNodes as processes, 2 rounds with one attacker;
-    the run folder matches a simulated run of the same config and seed, and nothing is left running."""
+def test_a_secured_deployment_runs_like_the_simulation_and_finishes_when_a_supernode_is_killed(tmp_path, cache_dir):
+    """deploy-local.sh: TLS + authentication, 3 SuperNodes as processes, one attacker. Rounds 1-2
+    match a simulated run of the same config and seed. Then one SuperNode is SIGKILLed (its whole
+    session): Flower reports it unavailable after two missed 30-s heartbeats (or round-timeout
+    ends the wait first), round 3 aggregates the other two and records why the third is missing,
+    the run completes, and nothing is left running."""
+    output = tmp_path / "deployed"
     experiment = tmp_path / "deployed.toml"
-    experiment.write_text(TINY_WITH_ATTACKER.format(cache_dir=cache_dir, output=tmp_path / "deployed"))
-    home = tmp_path / "flwr-home"
-    env = {**os.environ, "FLWR_HOME": str(home)}
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "deploy-local.sh"), "--keys", str(tmp_path / "keys"), "--port", "39460", str(experiment)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    experiment.write_text(
+        TINY_WITH_ATTACKER.format(cache_dir=cache_dir, output=output).replace("num-server-rounds = 2", "num-server-rounds = 3")
+        + '"min-replies" = 2\n"round-timeout" = 90\n'
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "flwr run: finished:completed" in result.stdout
+    home = tmp_path / "flwr-home"
+    port = 39460
+    deploy = subprocess.Popen(
+        [str(ROOT / "scripts" / "deploy-local.sh"), "--keys", str(tmp_path / "keys"), "--port", str(port), str(experiment)],
+        cwd=ROOT, env={**os.environ, "FLWR_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while len(_recorded_rounds(output)) < 2:
+            assert deploy.poll() is None and time.monotonic() < deadline, "round 2 never finished"
+            time.sleep(0.5)
+        victim = subprocess.run(["pgrep", "-f", f"flower-supernode.*--port {port + 12}"], capture_output=True, text=True)
+        (pid,) = victim.stdout.split()
+        subprocess.run(["pkill", "-KILL", "-s", pid], check=True)  # SuperNode 2 and any ClientApp it runs
+        stdout, _ = deploy.communicate(timeout=400)
+    finally:
+        if deploy.poll() is None:
+            deploy.terminate()
+            deploy.wait(timeout=60)
+    assert deploy.returncode == 0, stdout[-3000:]
+    assert "flwr run: finished:completed" in stdout
     superlink_log = (home / "logs" / "superlink.log").read_text()
-    assert "https://127.0.0.1:39460" in superlink_log  # TLS
+    assert f"https://127.0.0.1:{port}" in superlink_log  # TLS
     assert sorted(p.name for p in (tmp_path / "keys").glob("supernode-*.pub")) == [f"supernode-{k}.pub" for k in range(3)]
     assert not _processes_of(str(home)), "processes left behind"
 
-    (run_dir,) = (tmp_path / "deployed").iterdir()
+    (run_dir,) = output.iterdir()
     rounds = _read_rounds(run_dir)
-    assert [r["round"] for r in rounds] == [1, 2]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
     attackers = json.loads((run_dir / "attackers.json").read_text())["attackers"]
     (attacker,) = attackers
-    for record in rounds:
+    for record in rounds[:2]:
         assert sorted(record["clients"]) == [0, 1, 2] and record["failures"] == []
         assert record["attackers"] == [int(attacker)] and set(record["asr"]) == {"badnets-0"}
         assert len(record["flagged"]) == 2 and set(record["detection"]) >= {"precision", "fpr"}
         assert set(record["local_asr"]) == {attacker}
-    assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 2
+    (failure,) = rounds[2]["failures"]
+    assert failure["partition_id"] == 2, rounds[2]["failures"]
+    assert "node unavailable" in failure["reason"].lower() or "round-timeout" in failure["reason"], failure
+    assert "train_loss" in rounds[2] and "not_aggregated" not in rounds[2] and len(rounds[2]["flagged"]) == 1
+    assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 3
 
     simulated = subprocess.run(
-        [sys.executable, "-m", "flowerbed.cli", "run", str(experiment), "--quiet", "--set", f'output-dir="{tmp_path / "simulated"}"'],
+        [sys.executable, "-m", "flowerbed.cli", "run", str(experiment), "--quiet",
+         "--set", f'output-dir="{tmp_path / "simulated"}"', "--set", "num-server-rounds=2"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert simulated.returncode == 0, simulated.stderr[-3000:]
     (simulated_dir,) = (tmp_path / "simulated").iterdir()
-    assert json.loads((simulated_dir / "attackers.json").read_text())["attackers"] == attackers
-    assert _without_timing(_read_rounds(simulated_dir)) == _without_timing(rounds)  # same machine: identical
+    simulated_attackers = json.loads((simulated_dir / "attackers.json").read_text())["attackers"]
+    assert {pid: entry["backdoors"] for pid, entry in simulated_attackers.items()} == {
+        pid: entry["backdoors"] for pid, entry in attackers.items()
+    }  # the same attacker (its schedule ends at the last round: 2 there, 3 here)
+    # Same machine: identical (the attack runs to the last round either way: attack.end-round = 0).
+    assert _without_timing(_read_rounds(simulated_dir)) == _without_timing(rounds[:2])
+
+
+def _recorded_rounds(output: Path) -> list[str]:
+    files = list(output.glob("*/metrics.jsonl"))
+    return files[0].read_text().splitlines() if files else []
 
 
 def _start(command: list[str], log: Path) -> subprocess.Popen:
@@ -164,42 +198,3 @@ def test_a_supernode_with_an_unregistered_key_or_without_the_ca_is_refused(tmp_p
         _stop(superlink)
     assert not _processes_of(str(home)), "processes left behind"
 
-
-def test_a_deployed_run_finishes_with_the_others_when_a_supernode_is_killed(tmp_path, cache_dir):
-    """SIGKILL one of 3 SuperNodes (its whole session) once round 1 is recorded: Flower reports the
-    node unavailable (after two missed 30-s heartbeats), round 2 aggregates the other two and records
-    why the third is missing, and the run completes."""
-    output = tmp_path / "deployed"
-    experiment = tmp_path / "killed.toml"
-    experiment.write_text(
-        TINY_WITH_ATTACKER.format(cache_dir=cache_dir, output=output).replace('"strategy.name" = "krum"', '"strategy.name" = "fedavg"')
-        + '"min-replies" = 2\n'
-    )
-    home = tmp_path / "flwr-home"
-    port = 39520
-    deploy = subprocess.Popen(
-        [str(ROOT / "scripts" / "deploy-local.sh"), "--keys", str(tmp_path / "keys"), "--port", str(port), str(experiment)],
-        cwd=ROOT, env={**os.environ, "FLWR_HOME": str(home)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not list(output.glob("*/metrics.jsonl")) or not list(output.glob("*/metrics.jsonl"))[0].read_text().strip():
-            assert deploy.poll() is None and time.monotonic() < deadline, "round 1 never finished"
-            time.sleep(0.5)
-        victim = subprocess.run(["pgrep", "-f", f"flower-supernode.*--port {port + 12}"], capture_output=True, text=True)
-        (pid,) = victim.stdout.split()
-        subprocess.run(["pkill", "-KILL", "-s", pid], check=True)  # the SuperNode and any ClientApp it runs
-        stdout, _ = deploy.communicate(timeout=400)
-    finally:
-        if deploy.poll() is None:
-            deploy.terminate()
-            deploy.wait(timeout=60)
-    assert deploy.returncode == 0, stdout[-3000:]
-    (run_dir,) = output.iterdir()
-    first, second = _read_rounds(run_dir)
-    assert first["failures"] == [] and len(first["clients"]) == 3
-    (failure,) = second["failures"]
-    assert failure["partition_id"] == 2 and "unavailable" in failure["reason"].lower(), second["failures"]
-    assert "not_aggregated" not in second and "train_loss" in second
-    assert json.loads((run_dir / "summary.json").read_text())["rounds_completed"] == 2
-    assert not _processes_of(str(home)), "processes left behind"

@@ -195,6 +195,7 @@ def test_a_flwr_run_killed_as_a_whole_resumes_under_flwr_run_to_the_same_rounds(
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resuming after round {checkpoint_round}" in result.stdout + result.stderr
+    assert "round   3/3" in result.stdout and "flwr run: finished:completed" in result.stdout  # progress reaches the user
     assert _without_timing(read_metrics(killed_dir)) == _without_timing(read_metrics(reference_dir))
     assert json.loads((killed_dir / "summary.json").read_text())["rounds_completed"] == flat["num-server-rounds"]
     assert not subprocess.run(["pgrep", "-f", "flower-superlink.*39197"], capture_output=True).stdout, "a SuperLink was left"
