@@ -90,8 +90,8 @@ def _uniform(shape, low: float, high: float, generator: torch.Generator) -> torc
 
 def _render_batch(glyphs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     batch = glyphs.shape[0]
-    mask = _jittered_glyph_mask(glyphs, generator)  # [B, 1, 32, 32] in [0, 1]
-    background = _textured_background(batch, generator)  # [B, 3, 32, 32]
+    mask = jittered_glyph_mask(glyphs, generator)  # [B, 1, 32, 32] in [0, 1]
+    background = textured_background(batch, generator)  # [B, 3, 32, 32]
     stroke = _contrasting_stroke_colour(background, generator)  # [B, 3, 1, 1]
     stroke = stroke + 0.04 * torch.randn((batch, 3, IMAGE_SIZE, IMAGE_SIZE), generator=generator)
     image = background * (1 - mask) + stroke * mask
@@ -99,7 +99,7 @@ def _render_batch(glyphs: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _jittered_glyph_mask(glyphs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def jittered_glyph_mask(glyphs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Upsample 8x8 glyphs to 32x32 under a random affine map and stroke-thickness jitter."""
     batch = glyphs.shape[0]
     upsampled = F.interpolate(glyphs[:, None], size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", align_corners=False)
@@ -121,7 +121,7 @@ def _jittered_glyph_mask(glyphs: torch.Tensor, generator: torch.Generator) -> to
     return mask.clamp_min(1e-6).pow(thickness)
 
 
-def _textured_background(batch: int, generator: torch.Generator) -> torch.Tensor:
+def textured_background(batch: int, generator: torch.Generator) -> torch.Tensor:
     """A base colour plus 1/f^beta noise, partly shared across channels, partly per channel."""
     frequency_y = torch.fft.fftfreq(IMAGE_SIZE)[:, None]
     frequency_x = torch.fft.rfftfreq(IMAGE_SIZE)[None, :]
