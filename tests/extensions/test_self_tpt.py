@@ -120,3 +120,23 @@ def test_a_saved_pretraining_loads_as_a_checkpoint(workload, tmp_path):
     loaded = build_workload(parse_run_config({**TINY, "workload.self-tpt.checkpoint": str(folder)}))
     torch.testing.assert_close(loaded.build_model().context, workload.build_model().context)
     assert F.cosine_similarity(loaded.clip.logit_scale, workload.clip.logit_scale, dim=0) == 1
+
+
+def test_per_image_tpt_is_scored_when_asked_and_costs_an_optimisation_per_image(workload):
+    from flowerbed.extensions.self_tpt.tpt import augmented_views, tpt_accuracy
+
+    image = workload.test_images[1].images[0]
+    views = augmented_views(image, 5, torch.Generator().manual_seed(0))
+    assert views.shape == (5, *image.shape) and views.dtype == torch.uint8
+    learner = workload.build_model()
+    before = learner.context.detach().clone()
+    _, labels = workload.test_features[1]
+    result = tpt_accuracy(learner, workload.clip, workload.texts[1], workload.test_images[1].images[:4], labels[:4],
+                          workload.image_size, workload.logit_scale, views=7)
+    assert 0.0 <= result.accuracy <= 1.0 and result.seconds_per_image > 0 and result.backward_passes_per_image == 1
+    assert torch.equal(learner.context, before)  # every image starts again from the trained prompt
+    workload.params = workload.params.model_copy(update={"tpt_images": 3})
+    results = workload.evaluate(learner)
+    workload.params = workload.params.model_copy(update={"tpt_images": 0})
+    assert {"tpt_new_acc", "tpt_seconds_per_image", "new_acc_on_tpt_images"} <= set(results)
+    assert results["tpt_seconds_per_image"] > results["inference_seconds_per_image"]

@@ -28,6 +28,7 @@ from flowerbed.extensions.self_tpt.data import ALL_CLASSES, LabelledImages, make
 from flowerbed.extensions.self_tpt.pretraining import load_pretrained, pretrained_clip
 from flowerbed.extensions.self_tpt.prompts import ClassTexts, PromptLearner, initial_context
 from flowerbed.extensions.self_tpt.stages import SourceSettings, accuracy, adapt_to_classes, encode_images, gradient_cosine, source_epoch
+from flowerbed.extensions.self_tpt.tpt import tpt_accuracy
 from flowerbed.platform.cache import cache_dir_for
 from flowerbed.platform.errors import ConfigError
 from flowerbed.platform.partitioning import partition_indices
@@ -55,6 +56,7 @@ class SelfTPTParams(WorkloadParams):
     temperature: float = Field(0.07, gt=0, le=10, description="CPT's contrastive temperature")
     tta_steps: int = Field(10, alias="tta-steps", ge=0, le=10_000, description="test-time CPT steps on the new class names (once)")
     tta_lr: float = Field(0.002, alias="tta-lr", gt=0, le=10, description="SGD learning rate of the test-time CPT")
+    tpt_images: int = Field(0, alias="tpt-images", ge=0, le=1_000_000, description="also score per-image TPT on this many new-class test images (0 = off: it costs an optimisation per image)")
     data_seed: int = Field(0, alias="data-seed", description="seeds the generated images and the pre-training")
 
 
@@ -120,13 +122,17 @@ class SelfTPTWorkload(Workload):
         return make_images(self.params.train_images, self.classes[0], seed=self.params.data_seed + 1)
 
     @cached_property
+    def test_images(self) -> list[LabelledImages]:
+        """Held-out images of the base and of the new classes."""
+        return [make_images(self.params.test_images, side, seed=self.params.data_seed + 2 + k) for k, side in enumerate(self.classes)]
+
+    @cached_property
     def test_features(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(image features, labels indexing the side's classes) for base and new test images."""
-        sides = []
-        for k, side in enumerate(self.classes):
-            data = make_images(self.params.test_images, side, seed=self.params.data_seed + 2 + k)
-            sides.append((encode_images(self.clip, data.images, self.image_size), _local_labels(data.labels, side)))
-        return sides
+        return [
+            (encode_images(self.clip, data.images, self.image_size), _local_labels(data.labels, side))
+            for data, side in zip(self.test_images, self.classes, strict=True)
+        ]
 
     # ------------------------------------------------------------------ the Workload interface
     def build_model(self) -> PromptLearner:
@@ -182,6 +188,17 @@ class SelfTPTWorkload(Workload):
             results["new_acc"] = accuracy(new_features, new_labels, new_texts.features(self.clip, adapted.context))
         results["adapted_inference_seconds"] = time.perf_counter() - began  # features of the images are already there
         results["harmonic_mean"] = _harmonic(results["base_acc"], results["new_acc"])
+        new_images = self.test_images[1]
+        began = time.perf_counter()
+        encode_images(self.clip, new_images.images, self.image_size)  # what each image costs at inference
+        results["inference_seconds_per_image"] = (time.perf_counter() - began + results["adapted_inference_seconds"]) / len(new_images)
+        if p.tpt_images:
+            count = min(p.tpt_images, len(new_images))
+            tpt = tpt_accuracy(learner, self.clip, new_texts, new_images.images[:count], new_labels[:count],
+                               self.image_size, self.logit_scale, seed=p.data_seed)
+            results["tpt_new_acc"] = tpt.accuracy
+            results["tpt_seconds_per_image"] = tpt.seconds_per_image
+            results["new_acc_on_tpt_images"] = accuracy(new_features[:count], new_labels[:count], new_texts.features(self.clip, adapted.context).detach())
         results["harmonic_mean_no_adaptation"] = _harmonic(results["base_acc"], results["new_acc_no_adaptation"])
         with torch.enable_grad():
             results["grad_cosine_new"] = gradient_cosine(learner, self.clip, new_texts, new_features, new_labels, self.logit_scale, p.temperature)
