@@ -1,8 +1,8 @@
 """A frozen CLIP from ``transformers`` and the text path prompt learning needs.
 
 ``build_clip`` makes a small CLIP from a config with random weights (tests, the offline
-benchmark, which then pre-trains it contrastively) or loads one from a local checkpoint folder
-(``CLIPModel.from_pretrained(..., local_files_only=True)``: never a download). Prompt learning
+benchmark, which then pre-trains it contrastively); ``pretraining.load_pretrained`` loads a
+saved one (``from_pretrained(..., local_files_only=True)``: never a download). Prompt learning
 (CoOp, Zhou et al. 2022) feeds learned vectors where word embeddings would go, so the text
 features are computed from token *embeddings*: ``text_features_from_embeddings`` runs CLIP's
 own text modules (embeddings with positions, causal encoder, final norm, projection of the
@@ -12,12 +12,8 @@ end-of-text state) on them; with the embeddings of real tokens it equals
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
-
-from flowerbed.platform.errors import ConfigError
 
 # Word-level vocabulary of the small CLIP (a real checkpoint brings its own BPE tokenizer).
 SPECIAL_TOKENS = ("<pad>", "<sot>", "<unk>", "<eot>")  # <eot> is not id 2: CLIP then pools at its position
@@ -71,20 +67,6 @@ def build_clip(config) -> nn.Module:
 
     config._attn_implementation = ATTENTION
     return CLIPModel(config)
-
-
-def load_clip(folder: str, key: str) -> nn.Module:
-    """A CLIPModel from a local checkpoint folder (``save_pretrained`` layout); a clear error naming
-    ``key`` when it is missing or not a CLIP checkpoint. Never downloads."""
-    from transformers import CLIPModel
-
-    path = Path(folder).expanduser()
-    if not (path / "config.json").is_file():
-        raise ConfigError([f"key '{key}': {folder!r} is not a CLIP checkpoint folder (no config.json there)"])
-    try:
-        return CLIPModel.from_pretrained(str(path), local_files_only=True, attn_implementation=ATTENTION)
-    except (OSError, ValueError) as error:
-        raise ConfigError([f"key '{key}': cannot load a CLIPModel from {folder!r}: {error}"]) from None
 
 
 def freeze(clip: nn.Module) -> nn.Module:

@@ -25,8 +25,7 @@ class PromptLearner(nn.Module):
     def __init__(self, context: torch.Tensor, head_dim: int) -> None:
         super().__init__()
         self.context = nn.Parameter(context.clone())  # [M, W]
-        embed_dim = head_dim
-        self.head = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, embed_dim))
+        self.head = nn.Sequential(nn.Linear(head_dim, head_dim), nn.ReLU(), nn.Linear(head_dim, head_dim))
 
 
 def initial_context(clip: nn.Module, tokenizer, init_words: str) -> torch.Tensor:
